@@ -1,0 +1,1 @@
+"""The intermediate representation: graph, op registry, text form, verifier."""

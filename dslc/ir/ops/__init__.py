@@ -1,0 +1,1 @@
+"""The primitive op families; importing this package registers every op."""
