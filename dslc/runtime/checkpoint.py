@@ -1,0 +1,118 @@
+"""Checkpoints: safetensors files of parameters, buffers, optimiser slots and the step.
+
+Keys: parameter and buffer full names (LANGUAGE.md §6, PyTorch layouts),
+optimiser slots `opt.<param>.<slot>`, `step` (int64, shape []). Metadata
+(str -> str): `format`, `model`, `epoch`, `position`, `best`, ... See docs/cli.md.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+
+import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save as st_save
+
+from dslc.check.model import CheckedModel
+from dslc.errors import DslcError
+
+FORMAT = "dslc-checkpoint-1"
+
+
+def save_checkpoint(
+    path: str, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]
+) -> None:
+    """Write a safetensors checkpoint atomically: temp file in the same folder, fsync, rename."""
+    meta = {"format": FORMAT, **{str(k): str(v) for k, v in metadata.items()}}
+    blob = st_save({k: _contiguous(v) for k, v in tensors.items()}, metadata=meta)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _contiguous(v: np.ndarray) -> np.ndarray:
+    # Not np.ascontiguousarray: it turns a 0-d array (`step`) into shape [1].
+    v = np.asarray(v)
+    return v if v.flags.c_contiguous else v.copy(order="C")
+
+
+def load_checkpoint(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Read every tensor and the metadata of a safetensors checkpoint."""
+    if not os.path.isfile(path):
+        raise DslcError(f"{path}: checkpoint not found")
+    try:
+        with safe_open(path, framework="np") as f:
+            meta = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise DslcError(f"{path}: not a readable safetensors checkpoint ({e})") from None
+    return tensors, meta
+
+
+def model_state(
+    model: CheckedModel, tensors: Mapping[str, np.ndarray], path: str
+) -> dict[str, np.ndarray]:
+    """The parameters and buffers of `model` taken from a checkpoint, checking names and shapes.
+
+    Optimiser slots and `step` are ignored (they belong to `--resume`); buffers
+    the checkpoint lacks keep their initial values, parameters must be present.
+    """
+    specs = {p.name: p for p in model.params()}
+    state_keys = [k for k in tensors if not _is_training_key(k)]
+    unexpected = [k for k in state_keys if k not in specs]
+    missing = [n for n, p in specs.items() if p.trainable and n not in tensors]
+    if missing:
+        raise DslcError(
+            f"{path}: checkpoint has no parameter `{missing[0]}`"
+            + (f" (and {len(missing) - 1} more missing)" if len(missing) > 1 else ""),
+            hint=_hint(unexpected),
+        )
+    if unexpected:
+        raise DslcError(
+            f"{path}: checkpoint has `{unexpected[0]}`, which model {model.name} does not have"
+            + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else "")
+        )
+    out: dict[str, np.ndarray] = {}
+    for name in state_keys:
+        spec, arr = specs[name], tensors[name]
+        if tuple(arr.shape) != tuple(spec.shape):
+            raise DslcError(
+                f"{path}: `{name}` has shape {list(arr.shape)} in the checkpoint, "
+                f"model {model.name} expects {list(spec.shape)}"
+            )
+        out[name] = arr.astype(np.float32) if arr.dtype.kind == "f" else arr
+    return out
+
+
+def _is_training_key(key: str) -> bool:
+    return key.startswith("opt.") or key in ("step", "seed")
+
+
+def _hint(unexpected: list[str]) -> str | None:
+    if not unexpected:
+        return None
+    return (
+        "the checkpoint's names are: "
+        + ", ".join(unexpected[:5])
+        + (" ..." if len(unexpected) > 5 else "")
+    )
+
+
+def load_init(path: str, model: CheckedModel) -> dict[str, np.ndarray]:
+    """`--init CKPT`: the model's parameters (and buffers where present) from a checkpoint."""
+    tensors, _ = load_checkpoint(path)
+    return model_state(model, tensors, path)
+
+

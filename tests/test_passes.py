@@ -1,0 +1,141 @@
+"""Optimisation passes: each keeps results, inputs and outputs, and yields verified graphs."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from dslc import passes
+from dslc.autodiff import backward
+from dslc.emit_onnx import to_onnx
+from dslc.ir import interp
+from dslc.ir.graph import Builder, Graph
+from dslc.ir.text import to_text
+from dslc.ir.verify import verify
+
+
+def _messy() -> Graph:
+    """A graph with something for every pass to do."""
+    b = Builder("messy", "float64")
+    x = b.input("x", "float64", (4, 3))
+    w = b.input("w", "float64", (3, 5))
+    bias = b.input("bias", "float64", (5,))
+    one = b.const(np.ones((1,)))
+    zero = b.const(0.0)
+    k = b.op("add", b.const(np.full((5,), 2.0)), b.const(np.arange(5.0)))  # foldable
+    x1 = b.op("identity", b.op("identity", b.op("mul", x, one)))
+    x2 = b.op("add", x1, zero)
+    y = b.op("add", b.op("matmul", x2, w), bias)  # gemm candidate
+    y2 = b.op("mul", y, k)
+    t = b.op("transpose", b.op("transpose", y2, perm=(1, 0)), perm=(1, 0))
+    r = b.op("reshape", b.op("reshape", t, shape=(20,)), shape=(2, 10))
+    s1 = b.op("reduce_sum", y2, axes=(0,), keepdims=0)  # batch reduction
+    s2 = b.op("reduce_sum", y2, axes=(0,), keepdims=0)  # duplicate of s1
+    b.op("exp", r)  # dead
+    b.output(b.op("add", s1, s2, name="total"))
+    b.output(r, name="flat")
+    b.output(b.op("add", k, zero, name="folded"))  # a graph output computed from constants only
+    return b.build()
+
+
+FEEDS = {
+    "x": np.random.default_rng(0).standard_normal((4, 3)),
+    "w": np.random.default_rng(1).standard_normal((3, 5)),
+    "bias": np.random.default_rng(2).standard_normal(5),
+}
+
+PASSES = [passes.fold_constants, passes.cse, passes.dce, passes.simplify, passes.fuse_gemm,
+          passes.reduce_to_matmul, passes.optimise]
+
+
+@pytest.mark.parametrize("p", PASSES, ids=lambda p: p.__name__)
+def test_pass_preserves_results_and_boundary(p) -> None:
+    g = _messy()
+    verify(g)
+    out = p(g)
+    verify(out)
+    assert out.inputs == g.inputs and out.outputs == g.outputs
+    want = interp.run(g, FEEDS)
+    got = interp.run(out, FEEDS)
+    assert set(got) == set(want)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-12)
+
+
+def _ops(g: Graph) -> Counter:
+    return Counter(n.op for n in g.nodes)
+
+
+def test_each_pass_does_its_job() -> None:
+    g = _messy()
+    assert _ops(passes.dce(g))["exp"] == 0
+    assert len(passes.cse(g).nodes) < len(g.nodes)
+    folded = passes.fold_constants(g)
+    assert len(folded.nodes) == len(g.nodes) - 1
+    simple = passes.simplify(g)
+    assert _ops(simple)["identity"] < _ops(g)["identity"]
+    assert _ops(passes.dce(simple))["transpose"] == 0  # the inner transpose is left dead
+    assert _ops(passes.fuse_gemm(g))["gemm"] == 1
+    assert _ops(passes.reduce_to_matmul(g))["reduce_sum"] == 0
+
+
+def test_optimise_result() -> None:
+    g = _messy()
+    out = passes.optimise(g)
+    ops = _ops(out)
+    assert ops["gemm"] == 1 and ops["reduce_sum"] == 0 and ops["exp"] == 0
+    assert ops["transpose"] == 0 and ops["matmul"] == 1  # the ones-row reduction, once
+    assert ops["reshape"] == 2  # one merged flatten, one after the ones-row product
+    assert to_text(passes.optimise(_messy())) == to_text(out)  # deterministic
+
+
+def test_optimised_training_graph_runs_in_onnxruntime() -> None:
+    b = Builder("step", "float32")
+    x = b.input("x", "float32", (8, 4))
+    w = b.input("w", "float32", (4, 3))
+    bias = b.input("bias", "float32", (3,))
+    t = b.input("t", "float32", (8, 3))
+    y = b.op("relu", b.op("add", b.op("matmul", x, w), bias))
+    d = b.op("sub", y, t)
+    b.output(b.op("reduce_mean", b.op("mul", d, d), axes=(0, 1), keepdims=0, name="loss"))
+    graph, grads = backward(b.build(), "loss", ["w", "bias"])
+    full = Builder.from_graph(graph)
+    for p in ("w", "bias"):
+        full.output(graph.values[grads[p]])
+    g = full.build()
+    opt = passes.optimise(g)
+    verify(opt)
+    assert len(opt.nodes) < len(g.nodes)
+    assert _ops(opt)["gemm"] == 1 and _ops(opt)["reduce_sum"] == 0
+    rng = np.random.default_rng(3)
+    feeds = {v.name: rng.standard_normal([int(d) for d in v.shape]).astype(np.float32)
+             for v in g.inputs}
+    want = interp.run(g, feeds)
+    sess = ort.InferenceSession(to_onnx(opt).SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds), strict=True))
+    for k, v in want.items():
+        np.testing.assert_allclose(got[k], v, rtol=1e-5, atol=1e-6)
+
+
+def test_reduce_to_matmul_skips_symbolic_batch() -> None:
+    b = Builder("sym")
+    x = b.input("x", "float32", ("N", 3))
+    b.output(b.op("reduce_sum", x, axes=(0,), keepdims=1))
+    g = b.build()
+    assert passes.reduce_to_matmul(g).nodes == g.nodes
+
+
+def test_fuse_gemm_keeps_shared_products() -> None:
+    b = Builder("shared")
+    x = b.input("x", "float32", (2, 3))
+    w = b.input("w", "float32", (3, 4))
+    c = b.input("c", "float32", (4,))
+    m = b.op("matmul", x, w)
+    b.output(b.op("add", m, c))
+    b.output(b.op("exp", m))  # a second use of the product: no fusion
+    g = b.build()
+    assert passes.fuse_gemm(g).nodes == g.nodes
