@@ -214,41 +214,70 @@ def simplify(graph: Graph) -> Graph:
 # ---------------------------------------------------------------- rewrites for ONNX Runtime
 
 
+def _scaled(graph: Graph, node: Node | None) -> tuple[str, float] | None:
+    """(c, k) when `node` is mul(c, k) or mul(k, c) with k a one-element constant."""
+    if node is None or node.op != "mul":
+        return None
+    for j in (0, 1):
+        k = graph.constants.get(node.inputs[j])
+        if k is not None and k.size == 1:
+            return node.inputs[1 - j], float(k.reshape(-1)[0])
+    return None
+
+
 def fuse_gemm(graph: Graph) -> Graph:
-    """matmul(a, b) + c on rank-2 floats becomes gemm(a, b, c) when the product has no other use."""
+    """Fold an added bias into a product: gemm(a, b, c, beta) from add(matmul|gemm, c).
+
+    matmul(a, b) + c on rank-2 floats, and gemm(a, b) + k*c (the momentum update
+    v' = k*v + dW), become one gemm when the product (and the scaling) has no other use.
+    """
     consumers = graph.consumers()
     producers = graph.producers()
     outputs = _output_names(graph)
+
+    def private(name: str) -> bool:
+        return name not in outputs and len(consumers.get(name, [])) == 1
+
     fused: dict[str, Node] = {}  # add output -> gemm node
-    dropped: set[str] = set()  # matmul outputs absorbed
+    absorbed: set[str] = set()  # outputs of nodes folded into a gemm
     for node in graph.nodes:
         if node.op != "add":
             continue
+        out = graph.values[node.outputs[0]]
         for k in (0, 1):
-            mm = producers.get(node.inputs[k])
-            bias = graph.values[node.inputs[1 - k]]
-            if mm is None or mm.op != "matmul" or mm.outputs[0] in outputs:
+            prod = producers.get(node.inputs[k])
+            other = node.inputs[1 - k]
+            if (prod is None or prod.op not in ("matmul", "gemm") or not private(prod.outputs[0])
+                    or prod.outputs[0] in absorbed or other in absorbed):
                 continue
-            prod_v = graph.values[mm.outputs[0]]
-            a, b = (graph.values[i] for i in mm.inputs)
+            prod_v = graph.values[prod.outputs[0]]
+            a, b = (graph.values[i] for i in prod.inputs[:2])
             if (a.rank != 2 or b.rank != 2 or prod_v.dtype not in FLOAT_DTYPES
-                    or len(consumers.get(prod_v.name, [])) != 1 or mm.outputs[0] in dropped
-                    or bias.dtype != prod_v.dtype):
+                    or not _same_type(prod_v, out) or (prod.op == "gemm" and len(prod.inputs) > 2)):
                 continue
+            attrs = dict(prod.attrs) if prod.op == "gemm" else {}
+            scaled = _scaled(graph, producers.get(other)) if private(other) else None
+            if scaled is not None and prod.op == "gemm":
+                c, attrs["beta"] = scaled
+            else:
+                c = other
+                attrs.pop("beta", None)  # a beta on a gemm without c scaled nothing
+            cv = graph.values[c]
             try:
-                fits = broadcast(bias.shape, prod_v.shape) == tuple(prod_v.shape)
+                fits = broadcast(cv.shape, prod_v.shape) == tuple(prod_v.shape)
             except IRError:
                 fits = False
-            if not fits or not _same_type(prod_v, graph.values[node.outputs[0]]):
+            if not fits or cv.dtype != prod_v.dtype:
                 continue
-            fused[node.outputs[0]] = Node("gemm", (mm.inputs[0], mm.inputs[1], bias.name),
-                                          node.outputs)
-            dropped.add(mm.outputs[0])
+            fused[out.name] = Node("gemm", (prod.inputs[0], prod.inputs[1], c), node.outputs,
+                                   tuple(sorted(attrs.items())))
+            absorbed.add(prod.outputs[0])
+            if c != other:
+                absorbed.add(other)
             break
     if not fused:
         return graph
-    nodes = [fused.get(n.outputs[0], n) for n in graph.nodes
-             if not (n.op == "matmul" and n.outputs[0] in dropped)]
+    nodes = [fused.get(n.outputs[0], n) for n in graph.nodes if n.outputs[0] not in absorbed]
     return _finish(graph, nodes, dict(graph.constants), {})
 
 

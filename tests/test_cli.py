@@ -90,6 +90,9 @@ def test_train_digits_mlp_steps_20(capsys, tmp_path):
         capsys, "train", str(EXAMPLES / "digits_mlp.nn"), "--steps", "20", "--out", str(out_dir)
     )
     assert code == 0, err
+    from dslc.runtime.session import cuda_available
+
+    assert cuda_available() or "dslc: CUDA not available, using CPU" in err.splitlines()
     assert (out_dir / "last.safetensors").is_file() and (out_dir / "best.safetensors").is_file()
     (record,) = read_metrics(out_dir)
     assert list(record) == [
@@ -144,6 +147,8 @@ def test_resume_mid_epoch_is_exact(capsys, tiny, tmp_path):
         np.testing.assert_array_equal(got[k], want[k], err_msg=k)
     # metrics.jsonl is appended: the split first epoch, then the second.
     assert [r["step"] for r in read_metrics(part)] == [5, 8, 16]
+    code, _, err = run(capsys, "train", tiny, "--out", str(part), "--resume", "--batch-size", "64")
+    assert code == 1 and "batch size 128" in err
 
 
 def test_resume_without_a_run_and_init_errors(capsys, tiny, tmp_path):

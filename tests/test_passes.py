@@ -139,3 +139,23 @@ def test_fuse_gemm_keeps_shared_products() -> None:
     b.output(b.op("exp", m))  # a second use of the product: no fusion
     g = b.build()
     assert passes.fuse_gemm(g).nodes == g.nodes
+
+
+@pytest.mark.parametrize("scaled", [True, False])
+def test_momentum_update_fuses_into_gemm(scaled: bool) -> None:
+    b = Builder("momentum", "float64")
+    dy = b.input("dy", "float64", (8, 3))
+    x = b.input("x", "float64", (8, 4))
+    v = b.input("v", "float64", (3, 4))
+    grad = b.op("gemm", dy, x, trans_a=1, beta=5.0)  # beta without c has no effect
+    kept = b.op("mul", v, b.const(0.9)) if scaled else v
+    b.output(b.op("add", kept, grad, name="v.next"))
+    g = b.build()
+    out = passes.fuse_gemm(g)
+    verify(out)
+    assert [n.op for n in out.nodes] == ["gemm"]
+    assert out.nodes[0].attr("beta", 1.0) == (0.9 if scaled else 1.0)
+    rng = np.random.default_rng(4)
+    feeds = {n.name: rng.standard_normal([int(d) for d in n.shape]) for n in g.inputs}
+    np.testing.assert_allclose(interp.run(out, feeds)["v.next"], interp.run(g, feeds)["v.next"],
+                               rtol=1e-12)

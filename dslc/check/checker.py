@@ -34,6 +34,9 @@ from dslc.syntax import ast
 
 _DTYPES = {"float": "float32", "int": "int64"}
 
+# Blocks are inlined by recursion over their bodies; this bounds the Python stack.
+MAX_BLOCK_DEPTH = 32
+
 
 class _Poisoned(Exception):
     """A use of something that already failed; its error has been reported."""
@@ -752,6 +755,10 @@ class _Checker:
                 call.callee_span,
                 "blocks are inlined, so they cannot be recursive",
             )
+        if len(scope.chain) >= MAX_BLOCK_DEPTH:
+            raise DslcError(
+                f"blocks are nested more than {MAX_BLOCK_DEPTH} deep here", call.callee_span
+            )
         consts = self.block_args(block, call, scope)
         name = self.layer_name(scope, block.name, stage.label, stage.label_span, call.span)
         inner = _Scope(
@@ -922,7 +929,12 @@ def _show_call(call: ast.Call) -> str:
 
 def check(module: ast.Module) -> CheckedModel:
     """Check a parsed module; every user error in it is raised as one `DslcError`."""
-    return _Checker(module).run()
+    try:
+        return _Checker(module).run()
+    except RecursionError:
+        raise DslcError(
+            "this model is nested too deeply to check", Span(module.file, 1, 1, 1, 2)
+        ) from None
 
 
 __all__ = ["broadcast", "check"]

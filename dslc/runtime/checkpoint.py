@@ -114,5 +114,3 @@ def load_init(path: str, model: CheckedModel) -> dict[str, np.ndarray]:
     """`--init CKPT`: the model's parameters (and buffers where present) from a checkpoint."""
     tensors, _ = load_checkpoint(path)
     return model_state(model, tensors, path)
-
-

@@ -189,7 +189,7 @@ class StepRunner:
         if self.device == "cpu":
             self._keep.append(arr)
             return ort.OrtValue.ortvalue_from_numpy(arr)
-        val = ort.OrtValue.ortvalue_from_shape_and_type(list(arr.shape), arr.dtype, "cuda", 0)
+        val = ort.OrtValue.ortvalue_from_shape_and_type(list(arr.shape), arr.dtype.type, "cuda", 0)
         val.update_inplace(arr)
         return val
 

@@ -173,7 +173,7 @@ def train(
     if opts.init:
         state.update(load_init(opts.init, model))
     if opts.resume:
-        start_epoch, position, best, wait = _resume(model, last_path, state)
+        start_epoch, position, best, wait = _resume(model, last_path, state, plan.batch)
     elif os.path.exists(metrics_path):
         os.unlink(metrics_path)
     os.makedirs(run_dir, exist_ok=True)
@@ -312,7 +312,7 @@ def train(
 
 
 def _resume(
-    model: CheckedModel, last_path: str, state: dict[str, np.ndarray]
+    model: CheckedModel, last_path: str, state: dict[str, np.ndarray], batch: int
 ) -> tuple[int, int, Any, int]:
     """Load RUN/last.safetensors into `state`; returns (epoch, position, best, wait)."""
     if not os.path.isfile(last_path):
@@ -335,6 +335,12 @@ def _resume(
                     f"expected {list(state[key].shape)}"
                 )
             state[key] = tensors[key].astype(state[key].dtype)
+    if meta.get("batch_size", str(batch)) != str(batch):
+        raise DslcError(
+            f"--resume: {last_path} was trained with batch size {meta['batch_size']}, "
+            f"this run uses {batch}",
+            hint="resume with the same --batch-size, so the position in the epoch means the same",
+        )
     try:
         epoch, position = int(meta.get("epoch", "0")), int(meta.get("position", "0"))
         best = json.loads(meta.get("best", "null"))

@@ -1,4 +1,4 @@
-"""Helpers shared by the op families: shape arithmetic, gradient plumbing, emission shortcuts."""
+"""Shared by the op families: shape arithmetic, gradient plumbing, emission shortcuts."""
 
 from __future__ import annotations
 

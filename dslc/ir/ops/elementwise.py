@@ -36,7 +36,7 @@ def _binary_shape(out_dtype: str | None = None, int_only: bool = False) -> Calla
     return rule
 
 
-# ---------------------------------------------------------------- numpy helpers
+# ---------------------------------------------------------------- numpy references
 
 
 def _np_unary(fn: Callable[[np.ndarray], np.ndarray]) -> Callable:
@@ -63,7 +63,7 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
 
 
-# ---------------------------------------------------------------- registration helpers
+# ---------------------------------------------------------------- registration shortcuts
 
 
 def _unary(name: str, onnx_op: str, fn: Callable, vjp: Callable | None,
