@@ -10,7 +10,7 @@ import numpy as np
 
 
 def digits_arrays(copies: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """The built-in digits as float32 [n, 64] pixels in [0, 1] and int64 labels, tiled `copies` times."""
+    """The built-in digits: float32 [n, 64] pixels in [0, 1], int64 labels, tiled `copies` times."""
     from dslc.runtime.data import _digits
 
     flat = _digits()

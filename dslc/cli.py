@@ -201,7 +201,7 @@ def _sources(err: DslcError, main_file: str | None) -> dict[str, str]:
     out: dict[str, str] = {}
     for f in files:
         try:
-            with open(f, encoding="utf-8", errors="replace") as fh:
+            with open(f, encoding="utf-8-sig", errors="replace") as fh:
                 out[f] = fh.read()
         except OSError:
             continue

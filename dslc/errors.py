@@ -66,7 +66,7 @@ class DslcError(Exception):
 
 
 def render(diag: Diagnostic, source: str | None = None) -> str:
-    """Format a diagnostic as `FILE:LINE:COL: error: MESSAGE`, the source line, a caret and a hint."""
+    """Format a diagnostic: `FILE:LINE:COL: error: MESSAGE`, the source line, a caret, a hint."""
     if diag.span is None:
         lines = [f"error: {diag.message}"]
     else:

@@ -552,3 +552,40 @@ def test_flops_of_a_dense_layer():
     m = model("output h = x -> Dense(10)")
     assert inference_flops(m) == 2 * 64 * 10 + 10
     assert "forward FLOPs per example: 1,290" in summary(m)
+
+
+def test_reshape_keeps_symbolic_sizes():
+    m = model("output h = reshape(x, (T, 2, -1))", inputs="input x: float[T, 8]")
+    assert value_type(m, "h").shape == ("T", 2, 4)
+
+
+def test_check_source_accepts_bytes():
+    m = check_source(b"model M { input x: float[2]\n output y = x -> relu }", "b.nn")
+    assert m.name == "M" and m.file == "b.nn"
+
+
+def test_reference_documents_every_catalogue_entry():
+    from pathlib import Path
+
+    from dslc.catalogue import (
+        FUNCTION_LIKE,
+        INITIALIZERS,
+        LAYERS,
+        OPTIMIZERS,
+        REGULARIZERS,
+        SCHEDULES,
+        TRAIN_KEYS,
+    )
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "language.md").read_text()
+    names = [
+        *LAYERS,
+        *FUNCTION_LIKE,
+        *OPTIMIZERS,
+        *SCHEDULES,
+        *REGULARIZERS,
+        *INITIALIZERS,
+        *TRAIN_KEYS,
+    ]
+    missing = [n for n in names if f"`{n}" not in doc and f"{n}(" not in doc]
+    assert missing == []

@@ -491,3 +491,16 @@ def test_rendered_diagnostic_has_location_caret_and_hint():
     assert text.splitlines()[0] == "t.nn:4:12: error: unknown layer `Dens`"
     assert text.splitlines()[2].strip() == "^~~~"
     assert text.splitlines()[-1] == "hint: did you mean `Dense`?"
+
+
+def test_blocks_nested_too_deeply():
+    blocks = "".join(f"block B{i} {{ input a\n output a -> B{i + 1}() }}\n" for i in range(40))
+    src = blocks + "block B40 { input a\n output a }\n" + body("z = x -> B0()")
+    (d,) = diags(src)
+    assert "nested more than 32 deep" in d.message
+    assert (d.span.line, d.span.col) == (64, 14)
+
+
+def test_quoted_enum_word_hints_the_bare_word():
+    src = 'model M {\n  input s: float[1, 8, 8]\n  h = s -> Conv2D(4, 3, padding = "same")\n}\n'
+    one(src, 3, 35, "padding expects", "padding = same")

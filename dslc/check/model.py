@@ -17,14 +17,14 @@ Dim = int | str  # a per-example dimension: fixed size, or a symbolic name such 
 
 @dataclass(frozen=True)
 class TensorType:
-    """dtype ("float32" or "int64") and per-example shape; `batched` is False for losses/metrics."""
+    """dtype ("float32" or "int64") and per-example shape; `batched` is False for losses."""
 
     dtype: str
     shape: tuple[Dim, ...]
     batched: bool = True
 
     def __str__(self) -> str:
-        kind = "float" if self.dtype == "float32" else "int" if self.dtype == "int64" else self.dtype
+        kind = {"float32": "float", "int64": "int"}.get(self.dtype, self.dtype)
         return f"{kind}[{', '.join(str(d) for d in self.shape)}]"
 
 

@@ -87,8 +87,10 @@ class Graph:
 ShapeRule = Callable[[Sequence[Value], dict[str, Any]], list[tuple[str, Shape]]]
 """(input values, attrs) -> [(dtype, shape)] for each output; raises IRError if ill-typed."""
 
-VjpRule = Callable[["Builder", Sequence[Value], Sequence[Value], Sequence["Value | None"], dict[str, Any]],
-                   Sequence["Value | None"]]
+VjpRule = Callable[
+    ["Builder", Sequence[Value], Sequence[Value], Sequence["Value | None"], dict[str, Any]],
+    Sequence["Value | None"],
+]
 """(builder, inputs, outputs, output cotangents (None = zero), attrs) -> input cotangents."""
 
 EmitRule = Callable[[Any, Node], None]
