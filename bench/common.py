@@ -20,17 +20,21 @@ def digits_arrays(copies: int = 1) -> tuple[np.ndarray, np.ndarray]:
 
 
 def time_loop(step: Callable[[int], None], seconds: float, warmup: int = 20) -> float:
-    """Steps per second of `step(i)`, measured over about `seconds` after a warm-up."""
+    """Steps per second of `step(i)`: the best of short windows spread over about `seconds`.
+
+    The best window, as timeit reports, is the least disturbed by other work on the machine.
+    """
     for i in range(warmup):
         step(i)
-    count, start = 0, time.perf_counter()
-    while True:
-        for _ in range(20):
+    best, count, start = 0.0, 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        t0, n = time.perf_counter(), 0
+        while n < 10 or time.perf_counter() - t0 < 0.05:
             step(count)
             count += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds:
-            return count / elapsed
+            n += 1
+        best = max(best, n / (time.perf_counter() - t0))
+    return best
 
 
 def torch_threads(threads: int) -> None:

@@ -83,6 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--checkpoint", metavar="CKPT")
     c.add_argument("-o", "--out", required=True, metavar="MODEL.onnx")
 
+    c = sub.add_parser("sample", help="sample text from a trained character model")
+    c.add_argument("file", metavar="FILE")
+    c.add_argument("--checkpoint", required=True, metavar="CKPT")
+    c.add_argument("--prime", metavar="TEXT", help="the text to start from")
+    c.add_argument("--length", type=_int, default=200, metavar="N", help="characters to sample")
+    c.add_argument("--temperature", type=float, default=1.0, metavar="T")
+    c.add_argument("--seed", type=_int, default=0, metavar="S")
+    c.add_argument("--data", metavar="D", help="the training text, for checkpoints without a vocab")
+
     c = sub.add_parser("gradcheck", help="compare compiled gradients with finite differences")
     c.add_argument("file", metavar="FILE")
     c.add_argument("--seed", type=_int, default=0)
@@ -176,6 +185,15 @@ def cmd_gradcheck(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_sample(args: argparse.Namespace) -> int:
+    from dslc.api import load
+    from dslc.runtime.text import sample
+
+    print(sample(load(args.file), args.checkpoint, prime=args.prime, length=args.length,
+                 temperature=args.temperature, seed=args.seed, data=args.data))
+    return EXIT_OK
+
+
 def _num(v: object) -> str:
     return f"{v:.6g}" if isinstance(v, float) else str(v)
 
@@ -187,6 +205,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "eval": cmd_eval,
     "export": cmd_export,
     "gradcheck": cmd_gradcheck,
+    "sample": cmd_sample,
 }
 
 

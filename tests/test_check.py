@@ -589,3 +589,16 @@ def test_reference_documents_every_catalogue_entry():
     ]
     missing = [n for n in names if f"`{n}" not in doc and f"{n}(" not in doc]
     assert missing == []
+
+
+def test_constant_arithmetic_in_block_arguments():
+    src = """
+block Half(width) { input a
+    output a -> Dense(width / 2) -> Dropout(1 / 4) -> Dense(width * 2 - 1) }
+model M { input x: float[3]
+    output y = x -> Half(64) }
+"""
+    m = chk(src)
+    assert m.layers["half_1.dense_1"].args["units"] == 32
+    assert m.layers["half_1.dropout_1"].args["rate"] == 0.25
+    assert m.layers["half_1.dense_2"].args["units"] == 127

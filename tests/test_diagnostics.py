@@ -432,7 +432,7 @@ def test_validation_fraction_range():
 
 
 def test_bad_device():
-    one(train("device = gpu"), 9, 12, "expected one of `auto`, `cpu`, `cuda`")
+    one(train("device = gpu"), 9, 12, "expected one of `auto`, `cpu`, `cuda`", "`cuda`")
 
 
 def test_regularizer_glob_matching_nothing():
@@ -504,3 +504,45 @@ def test_blocks_nested_too_deeply():
 def test_quoted_enum_word_hints_the_bare_word():
     src = 'model M {\n  input s: float[1, 8, 8]\n  h = s -> Conv2D(4, 3, padding = "same")\n}\n'
     one(src, 3, 35, "padding expects", "padding = same")
+
+
+def test_inexact_division_is_not_an_integer():
+    one(
+        body("h = x -> Dense(5 / 2)"),
+        4,
+        18,
+        "`units` of `Dense`: expected an integer, got the number 2.5",
+    )
+
+
+@pytest.mark.parametrize("name", ["loss", "lr", "val_accuracy"])
+def test_reserved_metric_names(name):
+    one(body(f"metric {name} = cross_entropy(x, y)"), 4, 10, f"`{name}` cannot name a metric")
+
+
+def test_shared_layer_applied_with_arguments():
+    one(
+        body("layer enc = Dense(3)", "z = x -> enc(4)"),
+        5,
+        12,
+        "takes no arguments",
+        "layer enc = ...",
+    )
+
+
+def test_unknown_callees_in_an_unused_block():
+    src = (
+        "block Unused(n) {\n"
+        "  input a\n"
+        "  layer s = Dense(3, init = normal(std = 0.1))\n"
+        "  h = a -> Dens(n) -> relu -> s -> concat(a, axis = 0)\n"
+        "  output (h -> sigmod) + softmax(h)\n"
+        "}\n" + body("output z = x")
+    )
+    ds = diags(src)
+    assert [(d.span.line, d.span.col) for d in ds] == [(4, 12), (5, 16)]
+    assert [d.hint for d in ds] == ["did you mean `Dense`?", "did you mean `sigmoid`?"]
+
+
+def test_parameter_too_large():
+    one(body("z = x -> Dense(99999) -> Dense(99999)"), 4, 28, "would hold 9,999,800,001 values")

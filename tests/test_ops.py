@@ -172,6 +172,22 @@ OP_CASES: dict[str, list[Case]] = {
         C(F((1, 1, 4, 4)), kernel=(2, 2), strides=(1, 1), pads=(0, 1, 1, 0)),
         C(F((2, 2, 6)), kernel=(2,), strides=(2,)),
     ],
+    "split": [C(F((2, 5)), axis=1, sizes=(2, 3)), C(F((4, 3, 2)), axis=0, sizes=(1, 1, 2))],
+    "rnn_sequence": [
+        C(F((3, 2, 3)), F((1, 2, 3)), F((1, 2, 2)), F((1, 4)), hidden_size=2),
+        C(F((4, 1, 2)), F((2, 3, 2)), F((2, 3, 3)), F((2, 6)), hidden_size=3,
+          direction="bidirectional"),
+    ],
+    "lstm_sequence": [
+        C(F((3, 2, 3)), F((1, 8, 3)), F((1, 8, 2)), F((1, 16)), hidden_size=2),
+        C(F((2, 2, 2)), F((2, 8, 2)), F((2, 8, 2)), F((2, 16)), hidden_size=2,
+          direction="bidirectional"),
+    ],
+    "gru_sequence": [
+        C(F((3, 2, 3)), F((1, 6, 3)), F((1, 6, 2)), F((1, 12)), hidden_size=2),
+        C(F((2, 2, 2)), F((2, 6, 2)), F((2, 6, 2)), F((2, 12)), hidden_size=2,
+          direction="bidirectional"),
+    ],
     "constant_of_shape": [C(shape=(2, 3), value=1.5, dtype="float32"),
                           C(shape=(4,), value=7, dtype="int64")],
 }

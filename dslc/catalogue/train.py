@@ -114,6 +114,16 @@ def resolve_early_stopping(value: Any, span: Span) -> EarlyStoppingSpec:
     return EarlyStoppingSpec(**opts)
 
 
+def _device(value: Any, span: Span) -> str:
+    if isinstance(value, Word | str) and str(value) in ("gpu", "GPU"):
+        raise DslcError(
+            f"expected one of `auto`, `cpu`, `cuda`, got {kind_of(value)}",
+            span,
+            "did you mean `cuda`?",
+        )
+    return word("auto", "cpu", "cuda")(value, span)
+
+
 @dataclass(frozen=True)
 class TrainKey:
     """A key of `train { }`: its value rule and a description for the docs."""
@@ -148,6 +158,6 @@ TRAIN_KEYS: dict[str, TrainKey] = {
         TrainKey("shuffle", boolean, "bool"),
         TrainKey("seed", integer(0), "int >= 0"),
         TrainKey("early_stopping", resolve_early_stopping, "EarlyStopping(...)"),
-        TrainKey("device", word("auto", "cpu", "cuda"), "auto | cpu | cuda"),
+        TrainKey("device", _device, "auto | cpu | cuda"),
     )
 }

@@ -9,6 +9,7 @@ fails poisons the names it defines, which keeps later uses of them quiet.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,12 @@ from dslc.errors import Diagnostic, DslcError, Span
 from dslc.syntax import ast
 
 _DTYPES = {"float": "float32", "int": "int64"}
+
+# Keys of each epoch's record in metrics.jsonl besides the metrics (validation ones add val_).
+_RESERVED_METRICS = frozenset({"loss", "epoch", "step", "lr", "time_s", "samples_per_s"})
+
+# The most values one parameter or dimension may hold (ONNX and NumPy index limits).
+MAX_ELEMENTS = 2**31 - 1
 
 # Blocks are inlined by recursion over their bodies; this bounds the Python stack.
 MAX_BLOCK_DEPTH = 32
@@ -102,6 +109,7 @@ class _Checker:
         self.layers: dict[str, LayerInstance] = {}
         self.layer_regs: list[tuple[CallValue, str, Span]] = []
         self.blocks: dict[str, ast.BlockDecl] = {}
+        self.used_blocks: set[str] = set()
 
     # ------------------------------------------------------------ plumbing
 
@@ -155,6 +163,9 @@ class _Checker:
         result = None
         if models:
             result = self.check_model(models[0], train_values)
+        for b in self.blocks.values():
+            if b.name not in self.used_blocks:
+                self.scan_unused_block(b)
         if self.diags or result is None:
             raise DslcError(_dedupe(self.diags))
         return result
@@ -291,6 +302,8 @@ class _Checker:
         for d in te.dims:
             if isinstance(d.value, int) and d.value < 1:
                 raise DslcError(f"a dimension must be at least 1, got {d.value}", d.span)
+            if isinstance(d.value, int) and d.value > MAX_ELEMENTS:
+                raise DslcError(f"a dimension may be at most {MAX_ELEMENTS:,}", d.span)
             dims.append(d.value)
         return TensorType(_DTYPES[te.dtype], tuple(dims))
 
@@ -370,13 +383,17 @@ class _Checker:
             raise DslcError(
                 "this metric needs a name", stmt.value.span, "write `metric NAME = EXPR`"
             )
-        if name in self.metric_spans or name == "loss":
+        if name in _RESERVED_METRICS or name.startswith("val_"):
             raise DslcError(
-                f"metric `{name}` is reported twice"
-                if name != "loss"
-                else "`loss` is reported already; name this metric differently",
+                f"`{name}` cannot name a metric: the training log uses it",
                 span,
-                "name the second one: metric NAME = ..." if name != "loss" else None,
+                "reserved: " + ", ".join(sorted(_RESERVED_METRICS)) + " and names starting val_",
+            )
+        if name in self.metric_spans:
+            raise DslcError(
+                f"metric `{name}` is reported twice",
+                span,
+                "name the second one: metric NAME = ...",
             )
         self.metric_spans[name] = span
         node = self.eval(stmt.value, scope)
@@ -444,6 +461,13 @@ class _Checker:
         return self.add("layer", (node,), {"layer": sh.name}, out, span)
 
     def register_layer(self, inst: LayerInstance) -> None:
+        for p in inst.params:
+            if math.prod(p.shape) > MAX_ELEMENTS:
+                raise DslcError(
+                    f"`{p.name}` would hold {math.prod(p.shape):,} values {list(p.shape)}; "
+                    f"the limit is {MAX_ELEMENTS:,}",
+                    inst.span,
+                )
         self.layers[inst.name] = inst
         reg = inst.args.get("regularizer")
         if reg is not None:
@@ -511,7 +535,11 @@ class _Checker:
                 return a + b
             if expr.op == "-":
                 return a - b
-            return a * b if expr.op == "*" else a / b
+            if expr.op == "*":
+                return a * b
+            if isinstance(a, int) and isinstance(b, int) and a % b == 0:
+                return a // b  # exact integer division stays an int: Dense(width / 2)
+            return a / b
         raise DslcError(
             "expected a constant value here (a number, string, word, tuple or call)", expr.span
         )
@@ -633,13 +661,17 @@ class _Checker:
             return self.apply_shared(scope.shared[callee], node, cspan)
         if callee in scope.poisoned:
             raise _Poisoned()
-        if callee in scope.values or callee in scope.shared:
+        if callee in scope.shared:
+            raise DslcError(
+                f"the shared layer `{callee}` takes no arguments where it is applied",
+                cspan,
+                f"its arguments are given once, in `layer {callee} = ...`; write `x -> {callee}`",
+            )
+        if callee in scope.values:
             raise DslcError(
                 f"`{callee}` is a value, not a layer or function",
                 cspan,
-                "combine values with arithmetic or concat(...)"
-                if callee in scope.values
-                else f"apply a shared layer without arguments: `x -> {callee}`",
+                "combine values with arithmetic or concat(...)",
             )
         if callee in LAYERS or callee in self.blocks:
             if callee in self.blocks:
@@ -748,6 +780,7 @@ class _Checker:
     def block_instance(
         self, block: ast.BlockDecl, call: ast.Call, stage: ast.Stage, node: int, scope: _Scope
     ) -> int:
+        self.used_blocks.add(block.name)
         if block.name in scope.chain:
             chain = " -> ".join(scope.chain[scope.chain.index(block.name) :] + (block.name,))
             raise DslcError(
@@ -844,6 +877,16 @@ class _Checker:
         else:
             self.common_stmt(stmt, scope)
 
+    def scan_unused_block(self, block: ast.BlockDecl) -> None:
+        """Report unknown callees in a block that is never used (its shapes are unknown)."""
+        local = {p.name for p in block.params}
+        local |= {s.name for s in block.body if isinstance(s, ast.LayerStmt | ast.AssignStmt)}
+        for stmt in block.body:
+            for call_name, span in _callees(stmt):
+                known = call_name in LAYERS or call_name in self.blocks
+                if not (known or call_name in FUNCTION_LIKE or call_name in local):
+                    self.diags.append(self.unknown_callee(call_name, span).diagnostics[0])
+
     # ------------------------------------------------------------ train
 
     def check_train_items(self, train: ast.TrainDecl) -> dict[str, Any]:
@@ -897,6 +940,41 @@ def _poison(stmt: ast.Stmt, scope: _Scope) -> None:
     name = getattr(stmt, "name", None)
     if name is not None and not isinstance(stmt, ast.MetricStmt):
         scope.poisoned.add(name)
+
+
+def _callees(node: object) -> list[tuple[str, Span]]:
+    """The callees a statement applies to values: pipeline stages and calls in value position.
+
+    Arguments of layers are constants (initialisers, regularisers), so they are not searched.
+    """
+    out: list[tuple[str, Span]] = []
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, ast.Stage):
+            e = n.expr
+            out.append((e.id, e.span) if isinstance(e, ast.Name) else (e.callee, e.callee_span))
+            if isinstance(e, ast.Call) and not _is_layer_name(e.callee):
+                stack.extend(e.args)
+        elif isinstance(n, ast.Call):
+            out.append((n.callee, n.callee_span))
+            if not _is_layer_name(n.callee):
+                stack.extend(n.args)
+        elif isinstance(n, ast.LayerStmt):
+            out.append((n.call.callee, n.call.callee_span))
+        elif isinstance(n, ast.Pipeline):
+            stack.append(n.source)
+            stack.extend(n.stages)
+        elif isinstance(n, ast.BinOp):
+            stack.extend((n.left, n.right))
+        elif isinstance(n, ast.Neg):
+            stack.append(n.operand)
+        elif isinstance(n, ast.TupleExpr | ast.ListExpr):
+            stack.extend(n.items)
+        elif isinstance(n, ast.AssignStmt | ast.OutputStmt | ast.LossStmt | ast.MetricStmt):
+            if n.value is not None:
+                stack.append(n.value)
+    return sorted(out, key=lambda c: (c[1].line, c[1].col))
 
 
 def _dedupe(diags: list[Diagnostic]) -> list[Diagnostic]:

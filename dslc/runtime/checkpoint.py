@@ -24,7 +24,11 @@ FORMAT = "dslc-checkpoint-1"
 def save_checkpoint(
     path: str, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]
 ) -> None:
-    """Write a safetensors checkpoint atomically: temp file in the same folder, fsync, rename."""
+    """Write a safetensors checkpoint atomically: temp file in the same folder, fsync, rename.
+
+    The folder is fsynced after the rename too, so that the new name survives a
+    power cut; a process killed at any moment leaves either the old or the new file.
+    """
     meta = {"format": FORMAT, **{str(k): str(v) for k, v in metadata.items()}}
     blob = st_save({k: _contiguous(v) for k, v in tensors.items()}, metadata=meta)
     folder = os.path.dirname(os.path.abspath(path))
@@ -36,6 +40,39 @@ def save_checkpoint(
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(folder)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def fsync_dir(folder: str) -> None:
+    """Flush a folder's entries (a rename) to disk; a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on a folder; the rename itself is still atomic
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Replace `path` with `data` atomically (temp file, fsync, rename, fsync the folder)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(folder)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

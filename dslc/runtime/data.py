@@ -15,7 +15,7 @@ import io
 import os
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 
 import numpy as np
@@ -33,6 +33,7 @@ class Dataset:
     name: str
     arrays: dict[str, np.ndarray]
     source: str
+    meta: dict[str, str] = field(default_factory=dict)  # e.g. a text dataset's `vocab`
 
     def __len__(self) -> int:
         return next(iter(self.arrays.values())).shape[0] if self.arrays else 0
@@ -43,6 +44,7 @@ class Dataset:
             name or self.name,
             {k: np.ascontiguousarray(v[index]) for k, v in self.arrays.items()},
             self.source,
+            dict(self.meta),
         )
 
 
@@ -380,32 +382,10 @@ def _text_seq_len(model: CheckedModel) -> int:
 
 
 def _load_text(path: str, seq_len: int, model: CheckedModel) -> Dataset:
-    """Byte-level windows: input = bytes [i, i+L), target = bytes [i+1, i+L+1), stride L."""
-    data = np.frombuffer(_open_maybe_gz(path), dtype=np.uint8).astype(np.int64)
-    count = (len(data) - 1) // seq_len
-    if count < 1:
-        raise DslcError(
-            f"{path}: the text holds {len(data)} bytes, too few for one window "
-            f"of seq_len = {seq_len}"
-        )
-    x = data[: count * seq_len].reshape(count, seq_len)
-    y = data[1 : count * seq_len + 1].reshape(count, seq_len)
-    if len(model.inputs) != 1 or len(model.targets) > 1:
-        raise DslcError(
-            f"{path}: a text dataset binds to a model with one input and at most "
-            f"one target, model {model.name} has {len(model.inputs)} and "
-            f"{len(model.targets)}"
-        )
-    raw = {model.inputs[0].name: x}
-    if model.targets:
-        raw[model.targets[0].name] = y
-    for decl in (*model.inputs, *model.targets):
-        if decl.type.dtype != "int64" or len(decl.type.shape) != 1:
-            raise DslcError(
-                f"{path}: key `{decl.name}`: a text dataset gives int[T] byte "
-                f"sequences, the model declares {decl.type}"
-            )
-    return _bind_named(raw, model, path)
+    """Character windows of a text file (dslc/runtime/text.py, docs/sequences.md)."""
+    from dslc.runtime.text import load_text
+
+    return load_text(path, seq_len, model)
 
 
 # ---------------------------------------------------------------- binding and validation
@@ -544,7 +524,35 @@ def _validate(ds: Dataset, model: CheckedModel, sources: dict[str, str]) -> Data
                 f"{sources[key]}: key `{key}`: label {value} in example {row} is out of range "
                 f"for {count} classes (0..{count - 1})"
             )
+    for key, count in embedding_sizes(model).items():
+        arr = ds.arrays.get(key)
+        if arr is None or arr.dtype.kind not in "iu":
+            continue
+        flat = arr.reshape(arr.shape[0], -1)
+        bad = ((flat < 0) | (flat >= count)).any(axis=1)
+        if bad.any():
+            row = int(np.argmax(bad))
+            value = int(flat[row][(flat[row] < 0) | (flat[row] >= count)][0])
+            raise DslcError(
+                f"{sources[key]}: key `{key}`: token id {value} in example {row} is out of range "
+                f"for an Embedding of {count} entries (0..{count - 1})",
+                hint="make the Embedding's `num` larger than the largest id",
+            )
     return ds
+
+
+def embedding_sizes(model: CheckedModel) -> dict[str, int]:
+    """Table sizes of the Embeddings that read an int input directly, by input name."""
+    out: dict[str, int] = {}
+    for node in model.nodes:
+        if node.op != "layer" or not node.inputs:
+            continue
+        layer = model.layers[node.attrs["layer"]]
+        src = model.nodes[node.inputs[0]]
+        if layer.kind == "Embedding" and src.op == "input":
+            name = src.attrs.get("name")
+            out[name] = min(out.get(name, layer.args["num"]), int(layer.args["num"]))
+    return out
 
 
 _LABEL_FNS = ("cross_entropy", "nll", "accuracy", "top_k_accuracy")

@@ -209,6 +209,7 @@ def train(
             "seed": str(plan.seed),
             "total_steps": str(plan.total_steps),
             "batch_size": str(plan.batch),
+            **plan.train.meta,  # a text dataset's vocabulary, for `dslc sample`
         }
 
     history: list[dict[str, Any]] = []

@@ -358,3 +358,87 @@ register(OpDef(
     lambda ctx, n: ctx.add("AveragePool", list(n.inputs), list(n.outputs), count_include_pad=0,
                            **_pool_attrs(n)),
     _avg_pool_np, _avg_pool_vjp))
+
+# ---------------------------------------------------------------- fused recurrent sequences
+# ONNX's RNN, LSTM and GRU operators in their own layouts (X [T, N, F], W [D, G·H, F],
+# R [D, G·H, H], B [D, 2·G·H]; gate orders i,o,f,c and z,r,h; GRU with
+# linear_before_reset = 1). Forward-only, with no VJP: the inference graph uses them so
+# that one model accepts any sequence length; training unrolls the cell instead.
+
+_RNN_GATES = {"rnn_sequence": 1, "lstm_sequence": 4, "gru_sequence": 3}
+_RNN_ONNX = {"rnn_sequence": "RNN", "lstm_sequence": "LSTM", "gru_sequence": "GRU"}
+
+
+def _rnn_seq_shape(op: str):
+    def shape(ins, at):
+        check(len(ins) == 4, f"{op}: inputs X, W, R, B")
+        x, w, r, bias = ins
+        dtype = same_dtype(ins, op)
+        check(is_float(dtype), f"{op}: float inputs")
+        h = int(at["hidden_size"])
+        d = 2 if at.get("direction", "forward") == "bidirectional" else 1
+        g = _RNN_GATES[op] * h
+        check(x.rank == 3, f"{op}: X must be [T, N, F], got {x.shape}")
+        want_w = (d, g, x.shape[2])
+        check(tuple(w.shape) == want_w, f"{op}: W {w.shape}, expected {want_w}")
+        check(tuple(r.shape) == (d, g, h), f"{op}: R {r.shape}, expected {(d, g, h)}")
+        check(tuple(bias.shape) == (d, 2 * g), f"{op}: B {bias.shape}, expected {(d, 2 * g)}")
+        return [(dtype, (x.shape[0], d, x.shape[1], h)), (dtype, (d, x.shape[1], h))]
+
+    return shape
+
+
+def _sigmoid_np(v: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-v))
+
+
+def _rnn_seq_np(op: str):
+    def run(xs, at):
+        x, w, r, bias = xs
+        h_size = int(at["hidden_size"])
+        dirs = w.shape[0]
+        steps, n = x.shape[0], x.shape[1]
+        y = np.zeros((steps, dirs, n, h_size), dtype=x.dtype)
+        y_h = np.zeros((dirs, n, h_size), dtype=x.dtype)
+        for d in range(dirs):
+            wb, rb = np.split(bias[d], 2)
+            h = np.zeros((n, h_size), dtype=x.dtype)
+            c = np.zeros((n, h_size), dtype=x.dtype)
+            order = range(steps) if d == 0 else range(steps - 1, -1, -1)
+            for t in order:
+                xw = x[t] @ w[d].T + wb
+                hr = h @ r[d].T + rb
+                if op == "rnn_sequence":
+                    h = np.tanh(xw + hr)
+                elif op == "lstm_sequence":
+                    i, o, f, cc = np.split(xw + hr, 4, axis=1)
+                    c = _sigmoid_np(f) * c + _sigmoid_np(i) * np.tanh(cc)
+                    h = _sigmoid_np(o) * np.tanh(c)
+                else:
+                    xz, xr, xh = np.split(xw, 3, axis=1)
+                    hz, hr_, hh = np.split(hr, 3, axis=1)
+                    z, rr = _sigmoid_np(xz + hz), _sigmoid_np(xr + hr_)
+                    cand = np.tanh(xh + rr * hh)
+                    h = (1 - z) * cand + z * h
+                y[t, d] = h
+            y_h[d] = h
+        return [y, y_h]
+
+    return run
+
+
+def _rnn_seq_emit(op: str):
+    def emit(ctx: Any, n) -> None:
+        attrs: dict[str, Any] = {
+            "hidden_size": int(n.attr("hidden_size")),
+            "direction": str(n.attr("direction", "forward")),
+        }
+        if op == "gru_sequence":
+            attrs["linear_before_reset"] = 1  # PyTorch's GRU: r multiplies (W_hn h + b_hn)
+        ctx.add(_RNN_ONNX[op], list(n.inputs), list(n.outputs), **attrs)
+
+    return emit
+
+
+for _op in _RNN_GATES:
+    register(OpDef(_op, _rnn_seq_shape(_op), _rnn_seq_emit(_op), _rnn_seq_np(_op), None, 2))

@@ -155,6 +155,37 @@ register(OpDef(
     lambda ctx, n: ctx.add("Concat", list(n.inputs), list(n.outputs), axis=int(n.attr("axis"))),
     lambda xs, at: [np.concatenate(xs, axis=at["axis"])], _concat_vjp))
 
+
+def _split_shape(ins, at):
+    x = ins[0]
+    axis = norm_axis(at["axis"], x.rank, "split")
+    sizes = tuple(at["sizes"])
+    check(len(sizes) >= 1 and all(isinstance(s, int) and s > 0 for s in sizes),
+          f"split: sizes must be positive ints, got {sizes}")
+    check(x.shape[axis] == sum(sizes), f"split: sizes {sizes} do not add up to {x.shape[axis]}")
+    return [(x.dtype, (*x.shape[:axis], s, *x.shape[axis + 1:])) for s in sizes]
+
+
+def _split_np(xs, at):
+    cuts = np.cumsum(at["sizes"])[:-1]
+    return [p.copy() for p in np.split(xs[0], cuts, axis=at["axis"])]
+
+
+def _split_vjp(b, ins, outs, gs, at):
+    # One Concat of the pieces' cotangents (zeros where a piece is unused): leaner than the
+    # Pad-and-Add that separate slices would cost in the backward pass.
+    parts = [g if g is not None else _zeros(b, o.shape, o.dtype, "split gradient")
+             for g, o in zip(gs, outs, strict=True)]
+    return [parts[0] if len(parts) == 1 else b.op("concat", *parts, axis=at["axis"])]
+
+
+def _split_emit(ctx, n):
+    ins = [n.inputs[0], i64(ctx, n.attr("sizes"), "sizes")]
+    ctx.add("Split", ins, list(n.outputs), axis=int(n.attr("axis")))
+
+
+register(OpDef("split", _split_shape, _split_emit, _split_np, _split_vjp))
+
 # ---------------------------------------------------------------- slice
 
 
