@@ -23,14 +23,22 @@ from dslc.runtime.checkpoint import load_checkpoint, model_state, save_checkpoin
 from dslc.runtime.data import Dataset, load_dataset, symbolic_dims
 from dslc.runtime.gradcheck import GradRow
 from dslc.runtime.gradcheck import gradcheck as _gradcheck
+from dslc.runtime.guard import TrainingDiverged
 from dslc.runtime.session import EvalRunner, resolve_device
-from dslc.runtime.trainer import Callback, TrainOptions, TrainResult, state_for_eval
+from dslc.runtime.trainer import (
+    Callback,
+    StepCallback,
+    TrainOptions,
+    TrainResult,
+    state_for_eval,
+)
 from dslc.runtime.trainer import train as _train
 
 __all__ = [
     "Dataset",
     "GradRow",
     "TrainResult",
+    "TrainingDiverged",
     "compile",
     "evaluate",
     "export",
@@ -137,8 +145,16 @@ def train(
     seed: int | None = None,
     threads: int | None = None,
     progress: bool = True,
+    checkpoint_every: int | None = None,
+    on_step: Sequence[StepCallback] | StepCallback = (),
+    command: Sequence[str] | None = None,
 ) -> TrainResult:
-    """Train as the model's train block says, with these overrides; see `dslc train`."""
+    """Train as the model's train block says, with these overrides; see `dslc train`.
+
+    `callbacks` are called with each epoch's record (returning True stops after
+    that epoch); `on_step` with `{epoch, batch, step, loss, <metrics>, lr}` after
+    every optimiser step. A diverging run raises `TrainingDiverged` (a DslcError).
+    """
     opts = TrainOptions(
         data=data,
         epochs=epochs,
@@ -151,8 +167,11 @@ def train(
         seed=seed,
         threads=threads,
         progress=progress,
+        checkpoint_every=checkpoint_every,
+        command=tuple(command) if command is not None else None,
     )
-    return _train(_model(model), opts, callbacks)
+    steps_cb = (on_step,) if callable(on_step) else tuple(on_step)
+    return _train(_model(model), opts, callbacks, step_callbacks=steps_cb)
 
 
 def checkpoint_state(model: CheckedModel, checkpoint: str) -> dict[str, np.ndarray]:

@@ -69,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--batch-size", type=_positive, metavar="N")
     c.add_argument("--seed", type=_int, metavar="N")
     c.add_argument("--threads", type=_positive, metavar="N", help="ONNX Runtime intra-op threads")
+    c.add_argument(
+        "--checkpoint-every",
+        type=_positive,
+        metavar="N",
+        help="also write RUN/last.safetensors every N optimiser steps",
+    )
     c.add_argument("--quiet", action="store_true", help="no progress output")
 
     c = sub.add_parser("eval", help="metrics of a checkpoint on a dataset")
@@ -77,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--data", metavar="D")
     c.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
     c.add_argument("--json", action="store_true", help="print one JSON object")
+    c.add_argument(
+        "--no-confusion", action="store_true", help="do not print a classifier's confusion matrix"
+    )
 
     c = sub.add_parser("export", help="write the inference model with the checkpoint's weights")
     c.add_argument("file", metavar="FILE")
@@ -91,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--temperature", type=float, default=1.0, metavar="T")
     c.add_argument("--seed", type=_int, default=0, metavar="S")
     c.add_argument("--data", metavar="D", help="the training text, for checkpoints without a vocab")
+
+    c = sub.add_parser("plot", help="draw a run's loss and metrics per epoch as a PNG")
+    c.add_argument("run", metavar="RUN")
+    c.add_argument("-o", "--out", metavar="FILE.png", help="default RUN/metrics.png")
 
     c = sub.add_parser("gradcheck", help="compare compiled gradients with finite differences")
     c.add_argument("file", metavar="FILE")
@@ -143,6 +156,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         threads=args.threads,
         progress=not args.quiet,
+        checkpoint_every=args.checkpoint_every,
+        command=("dslc", *args.argv),
     )
     last = result.history[-1] if result.history else {}
     shown = {k: v for k, v in last.items() if k not in ("epoch", "time_s", "samples_per_s")}
@@ -234,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, --version, usage errors
         return int(e.code) if isinstance(e.code, int) else EXIT_ERROR
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # run.json records the command line
     try:
         return COMMANDS[args.command](args)
     except DslcError as err:

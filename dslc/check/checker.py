@@ -336,12 +336,6 @@ class _Checker:
                 "targets are absent at inference; outputs may use inputs only",
             )
         if stmt.value is not None:
-            if stmt.name in scope.defined_at:
-                raise DslcError(
-                    f"`{stmt.name}` is already defined",
-                    stmt.name_span,
-                    f"first defined at line {scope.defined_at[stmt.name].line}",
-                )
             self.define(scope, stmt.name, stmt.name_span)
             scope.values[stmt.name] = node
         self.output_spans[stmt.name] = stmt.name_span
@@ -933,7 +927,7 @@ class _Checker:
             )
 
 
-# ---------------------------------------------------------------- helpers
+# ---------------------------------------------------------------- utilities
 
 
 def _poison(stmt: ast.Stmt, scope: _Scope) -> None:

@@ -21,6 +21,15 @@ from dslc.errors import DslcError
 FORMAT = "dslc-checkpoint-1"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+
+
 def save_checkpoint(
     path: str, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]
 ) -> None:
@@ -39,6 +48,7 @@ def save_checkpoint(
             f.write(blob)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; a run's files are as readable as any
         os.replace(tmp, path)
         fsync_dir(folder)
     except BaseException:
@@ -71,6 +81,7 @@ def write_atomic(path: str, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; a run's files are as readable as any
         os.replace(tmp, path)
         fsync_dir(folder)
     except BaseException:

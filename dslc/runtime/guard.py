@@ -102,7 +102,7 @@ def forward_values(
     feeds.update({"step": np.array(step, dtype=np.int64), "seed": np.array(seed, dtype=np.int64)})
     feeds.update({k: np.asarray(batch[k]) for k in data})
     names = [o.name for o in sess.get_outputs()]
-    return {int(n[len("node_"):]): v for n, v in zip(names, sess.run(names, feeds), strict=True)}
+    return {int(n[len("node_") :]): v for n, v in zip(names, sess.run(names, feeds), strict=True)}
 
 
 def first_nonfinite_node(model: CheckedModel, values: Mapping[int, np.ndarray]) -> GNode | None:
@@ -163,4 +163,6 @@ def diagnose(
                     step,
                     hint,
                 )
-    return TrainingDiverged(f"training diverged at {where}: the loss is {loss_txt}", None, step, hint)
+    return TrainingDiverged(
+        f"training diverged at {where}: the loss is {loss_txt}", None, step, hint
+    )

@@ -87,7 +87,9 @@ def write_run_record(
             return record
     record = {
         "model_file": os.path.basename(model_file) if model_file else None,
-        "model_sha256": sha256_file(model_file) if model_file and os.path.isfile(model_file) else None,
+        "model_sha256": sha256_file(model_file)
+        if model_file and os.path.isfile(model_file)
+        else None,
         "data_sha256": dict(data_digests),
         "settings": dict(settings),
         "seed": settings.get("seed"),

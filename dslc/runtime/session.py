@@ -271,6 +271,10 @@ class StepRunner:
 
     # -------- state
 
+    def rewind(self) -> None:
+        """Go back to the state before the last step (still intact in the other set)."""
+        self._cur ^= 1
+
     def state(self) -> dict[str, np.ndarray]:
         """A numpy copy of the current training state (for checkpoints and evaluation)."""
         cur = self._sets[self._cur]

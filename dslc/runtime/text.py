@@ -81,6 +81,7 @@ def load_text(path: str, seq_len: int, model: CheckedModel):
             )
     text = read_text(path)
     vocab = vocabulary(text)
+    _check_vocab_fits(path, len(vocab), model)
     ids = encode(text, vocab, path)
     if len(ids) < seq_len + 1:
         raise DslcError(
@@ -95,6 +96,22 @@ def load_text(path: str, seq_len: int, model: CheckedModel):
     return Dataset(ds.name, ds.arrays, ds.source, {VOCAB_KEY: json.dumps(vocab)})
 
 
+def _check_vocab_fits(path: str, size: int, model: CheckedModel) -> None:
+    """The model's Embedding and class count must cover every character id."""
+    from dslc.runtime.data import embedding_sizes, label_classes
+
+    limits = [(f"the Embedding reading `{k}` has {n} entries", n)
+              for k, n in embedding_sizes(model).items()]
+    limits += [(f"the target `{k}` has {n} classes", n) for k, n in label_classes(model).items()]
+    for what, n in limits:
+        if size > n:
+            raise DslcError(
+                f"{path}: the text has {size} distinct characters, but {what}",
+                hint=f"size the model for a vocabulary of {size} (e.g. Embedding({size}, ...) "
+                f"and Dense({size}) logits)",
+            )
+
+
 # ---------------------------------------------------------------- sampling
 
 
@@ -107,7 +124,7 @@ def checkpoint_vocab(meta: Mapping[str, str]) -> str | None:
 def _next_distribution(out: np.ndarray, temperature: float) -> np.ndarray:
     """Probabilities from the model's last-step output: probabilities or logits."""
     v = out.astype(np.float64)
-    if np.all(v >= 0) and abs(float(v.sum()) - 1.0) < 1e-3:
+    if np.all(v >= 0) and float(v.sum()) <= 1.0 + 1e-3:
         v = np.log(np.maximum(v, 1e-30))  # already a softmax: back to logits
     v = v / temperature
     v = np.exp(v - v.max())
@@ -138,12 +155,13 @@ def sample_text(
     for _ in range(length):
         window = np.asarray(ids[-context:], dtype=np.int64)[None, :]
         (out,) = session.run([output_name], {input_name: window})
-        if out.ndim != 3 or out.shape[-1] != len(vocab):
+        if out.ndim != 3 or out.shape[-1] < len(vocab):
             raise DslcError(
                 f"output `{output_name}` has shape {list(out.shape[1:])} per example, expected "
-                f"[T, {len(vocab)}] (one score per character of the vocabulary)"
+                f"[T, C] with C >= {len(vocab)} (a score per character of the vocabulary)"
             )
-        p = _next_distribution(out[0, -1], temperature)
+        # Classes past the vocabulary (a model sized with room to spare) are never drawn.
+        p = _next_distribution(out[0, -1, : len(vocab)], temperature)
         ids.append(int(rng.choice(len(p), p=p)))
     return decode(np.asarray(ids), vocab)
 

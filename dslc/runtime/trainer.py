@@ -22,11 +22,22 @@ from dslc.check.model import CheckedModel, EarlyStoppingSpec
 from dslc.errors import DslcError
 from dslc.runtime.checkpoint import load_checkpoint, load_init, model_state, save_checkpoint
 from dslc.runtime.data import Dataset, load_dataset, split, symbolic_dims
+from dslc.runtime.guard import PROBE, add_finite_probe, diagnose
 from dslc.runtime.progress import Progress
+from dslc.runtime.records import (
+    METRICS,
+    append_metrics,
+    sha256_arrays,
+    truncate_metrics,
+    write_run_record,
+)
 from dslc.runtime.session import EvalRunner, StepRunner, resolve_device
 
 Callback = Callable[[dict[str, Any]], Any]
 """Called with each epoch's metrics record; returning True stops training."""
+
+StepCallback = Callable[[dict[str, Any]], Any]
+"""Called after every optimiser step with `{epoch, batch, step, loss, <metrics>, lr}`."""
 
 EVAL_BATCH = 256
 
@@ -46,6 +57,8 @@ class TrainOptions:
     seed: int | None = None
     threads: int | None = None
     progress: bool = True
+    checkpoint_every: int | None = None  # also write last.safetensors every N steps
+    command: tuple[str, ...] | None = None  # the command line, for run.json
 
 
 @dataclass(frozen=True)
@@ -61,6 +74,8 @@ class TrainResult:
     monitor: str
     stopped_early: bool
     device: str
+    best_epoch: int | None = None
+    restored_best: bool = False  # `state` holds the best epoch's parameters (restore_best)
 
 
 @dataclass
@@ -145,18 +160,93 @@ def _jsonable(v: float) -> float | None:
     return v if math.isfinite(v) else None
 
 
+def _settings(model: CheckedModel, opts: TrainOptions, plan: _Plan, device: str) -> dict[str, Any]:
+    """The resolved settings of a run, as run.json records them."""
+    cfg = model.train
+    es = cfg.early_stopping
+    return _plain(
+        {
+            "data": opts.data or cfg.data,
+            "validation": cfg.validation,
+            "epochs": plan.epochs,
+            "steps": plan.total_steps,
+            "batch_size": plan.batch,
+            "batches_per_epoch": plan.batches_per_epoch,
+            "seed": plan.seed,
+            "shuffle": plan.shuffle,
+            "optimizer": {"name": cfg.optimizer.kind, **dict(cfg.optimizer.options)},
+            "schedule": {"name": cfg.schedule.kind, **dict(cfg.schedule.options)},
+            "early_stopping": vars(es) if es is not None else None,
+            "device_requested": opts.device or cfg.device,
+            "device": device,
+            "threads": opts.threads,
+            "checkpoint_every": opts.checkpoint_every,
+            "init": opts.init,
+            "train_examples": len(plan.train),
+            "val_examples": len(plan.val) if plan.val is not None else 0,
+        }
+    )
+
+
+def _plain(v: Any) -> Any:
+    """JSON-ready copy: tuples to lists, unknown objects to their text."""
+    if isinstance(v, Mapping):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_plain(x) for x in v]
+    if v is None or isinstance(v, bool | int | float | str):
+        return v
+    return str(v)
+
+
+def _clean_temp_files(run_dir: str) -> None:
+    # A process killed while writing a checkpoint leaves its temporary file behind.
+    if os.path.isdir(run_dir):
+        for name in os.listdir(run_dir):
+            if name.startswith(".tmp-"):
+                try:
+                    os.unlink(os.path.join(run_dir, name))
+                except OSError:
+                    pass
+
+
+def _step_graphs(model: CheckedModel, plan: _Plan) -> dict[int, bytes]:
+    """One training step per distinct batch size, with the finite-state probe output."""
+    from dslc.emit_onnx import to_onnx
+    from dslc.lower import build_train_step
+
+    dims = symbolic_dims(plan.train, model)
+    sizes = {plan.batch, len(plan.train) - (plan.batches_per_epoch - 1) * plan.batch}
+    return {
+        b: to_onnx(
+            add_finite_probe(
+                build_train_step(model, batch=b, dims=dims, total_steps=plan.total_steps)
+            )
+        ).SerializeToString()
+        for b in sorted(sizes, reverse=True)
+    }
+
+
 def train(
     model: CheckedModel,
     opts: TrainOptions = TrainOptions(),
     callbacks: Sequence[Callback] = (),
     stream: TextIO | None = None,
+    step_callbacks: Sequence[StepCallback] = (),
 ) -> TrainResult:
-    """Train `model` as its train block and `opts` say; returns the history and final state."""
+    """Train `model` as its train block and `opts` say; returns the history and final state.
+
+    `callbacks` get each epoch's record (returning True stops training after that
+    epoch); `step_callbacks` get `{epoch, batch, step, loss, <metrics>, lr}` after
+    every optimiser step. A non-finite loss or state raises `TrainingDiverged`.
+    """
     from dslc.emit_onnx import to_onnx
-    from dslc.lower import build_eval_step, build_train_step, initial_state, optimizer_state
+    from dslc.lower import build_eval_step, initial_state, optimizer_state
 
     if opts.resume and opts.init:
         raise DslcError("--resume and --init cannot be used together")
+    if opts.checkpoint_every is not None and opts.checkpoint_every < 1:
+        raise DslcError(f"--checkpoint-every must be at least 1, got {opts.checkpoint_every}")
     plan = plan_run(model, opts)
     progress = Progress(stream, enabled=opts.progress)
     device = resolve_device(
@@ -166,28 +256,38 @@ def train(
     run_dir = opts.out or os.path.join("runs", model.name)
     last_path = os.path.join(run_dir, "last.safetensors")
     best_path = os.path.join(run_dir, "best.safetensors")
-    metrics_path = os.path.join(run_dir, "metrics.jsonl")
+    final_path = os.path.join(run_dir, "final.safetensors")
+    metrics_path = os.path.join(run_dir, METRICS)
 
     state = {**initial_state(model, plan.seed), **optimizer_state(model)}
-    start_epoch, position, best, wait = 0, 0, None, 0
+    resumed = _Resumed()
     if opts.init:
         state.update(load_init(opts.init, model))
     if opts.resume:
-        start_epoch, position, best, wait = _resume(model, last_path, state, plan.batch)
+        resumed = _resume(model, last_path, state, plan.batch)
     elif os.path.exists(metrics_path):
         os.unlink(metrics_path)
     os.makedirs(run_dir, exist_ok=True)
+    _clean_temp_files(run_dir)
+    history: list[dict[str, Any]] = (
+        truncate_metrics(metrics_path, int(state["step"])) if opts.resume else []
+    )
+    digests = {"train": sha256_arrays(plan.train.arrays)}
+    if plan.val is not None:
+        digests["validation"] = sha256_arrays(plan.val.arrays)
+    write_run_record(
+        run_dir,
+        model.file,
+        _settings(model, opts, plan, device),
+        digests,
+        device=device,
+        command=opts.command,
+        resume=opts.resume,
+    )
 
-    dims = symbolic_dims(plan.train, model)
-    graphs = {
-        b: to_onnx(
-            build_train_step(model, batch=b, dims=dims, total_steps=plan.total_steps)
-        ).SerializeToString()
-        for b in sorted(
-            {plan.batch, len(plan.train) - (plan.batches_per_epoch - 1) * plan.batch}, reverse=True
-        )
-    }
-    runner = StepRunner(graphs, state, seed=plan.seed, device=device, threads=opts.threads)
+    runner = StepRunner(
+        _step_graphs(model, plan), state, seed=plan.seed, device=device, threads=opts.threads
+    )
     report_names = ["loss", *(m for m, _ in model.metrics)]
     evaluator = None
     if plan.val is not None:
@@ -198,41 +298,69 @@ def train(
             threads=opts.threads,
         )
 
-    def meta(epoch: int, pos: int) -> dict[str, str]:
+    best, wait, best_epoch = resumed.best, resumed.wait, resumed.best_epoch
+
+    def meta(epoch: int, pos: int, partial: Mapping[str, Any] | None = None) -> dict[str, str]:
         return {
             "model": model.name,
             "epoch": str(epoch),
             "position": str(pos),
             "best": json.dumps(best),
+            "best_epoch": json.dumps(best_epoch),
             "monitor": monitor,
+            "mode": mode,
             "wait": str(wait),
             "seed": str(plan.seed),
             "total_steps": str(plan.total_steps),
             "batch_size": str(plan.batch),
+            "partial": json.dumps(partial) if partial else "",
             **plan.train.meta,  # a text dataset's vocabulary, for `dslc sample`
         }
 
-    history: list[dict[str, Any]] = []
     best_state: dict[str, np.ndarray] | None = None
-    stopped_early = False
+    stopped_early = es is not None and wait >= es.patience
+    if stopped_early:
+        progress.message(f"early stopping: {monitor} had already stopped improving; nothing to do")
     step = runner.step_count
     arrays = plan.train.arrays
-    epoch = start_epoch
+    every = opts.checkpoint_every
     lr = float("nan")
-    completed = start_epoch
-    for epoch in range(start_epoch, plan.epochs):
-        if step >= plan.total_steps:
+    completed = resumed.epoch
+    for epoch in range(resumed.epoch, plan.epochs):
+        if step >= plan.total_steps or stopped_early:
             break
         order = epoch_order(plan.seed, epoch, len(plan.train), plan.shuffle)
-        first = position if epoch == start_epoch else 0
+        first = resumed.position if epoch == resumed.epoch else 0
+        carried = resumed.partial if epoch == resumed.epoch else None
         progress.start_epoch(epoch + 1, plan.epochs, plan.batches_per_epoch)
         sums = dict.fromkeys(report_names, 0.0)
-        seen, done = 0, first
+        seen, prior_s = 0, 0.0
+        if carried:
+            # The part of this epoch trained before the checkpoint: its record covers all of it.
+            sums.update({k: float(v) for k, v in carried["sums"].items() if k in sums})
+            seen, prior_s = int(carried["seen"]), float(carried["train_s"])
+            lr = float(carried.get("lr", lr))
+        done = first
         t0 = time.perf_counter()
         try:
             for k in range(first, plan.batches_per_epoch):
                 idx = order[k * plan.batch : (k + 1) * plan.batch]
                 out = runner.step_indices(arrays, idx)
+                if not (math.isfinite(out["loss"]) and out.get(PROBE, 0.0) == 0.0):
+                    _diverged(
+                        model,
+                        runner,
+                        plan,
+                        out,
+                        arrays,
+                        idx,
+                        step,
+                        last_path,
+                        meta(
+                            epoch, k, _partial(sums, seen, lr, prior_s + time.perf_counter() - t0)
+                        ),
+                        progress,
+                    )
                 size = len(idx)
                 seen += size
                 for name in report_names:
@@ -241,13 +369,37 @@ def train(
                 step += 1
                 done = k + 1
                 progress.update(done, sums["loss"] / seen, seen)
+                if step_callbacks:
+                    info = {
+                        "epoch": epoch + 1,
+                        "batch": done,
+                        "step": step,
+                        **{n: out[n] for n in report_names},
+                        "lr": out.get("lr", lr),
+                    }
+                    for cb in step_callbacks:
+                        cb(info)
                 if step >= plan.total_steps:
                     break
+                if every and step % every == 0 and done < plan.batches_per_epoch:
+                    save_checkpoint(
+                        last_path,
+                        {**state, **runner.state()},
+                        meta(
+                            epoch,
+                            done,
+                            _partial(sums, seen, lr, prior_s + time.perf_counter() - t0),
+                        ),
+                    )
         except KeyboardInterrupt:
             # Keep what was learnt: the checkpoint records the position for --resume.
-            save_checkpoint(last_path, {**state, **runner.state()}, meta(epoch, done))
+            save_checkpoint(
+                last_path,
+                {**state, **runner.state()},
+                meta(epoch, done, _partial(sums, seen, lr, prior_s + time.perf_counter() - t0)),
+            )
             raise
-        train_s = time.perf_counter() - t0
+        train_s = prior_s + time.perf_counter() - t0
         finished = done == plan.batches_per_epoch
         record: dict[str, Any] = {"epoch": epoch + 1, "step": step}
         record.update({k: v / max(seen, 1) for k, v in sums.items()})
@@ -259,26 +411,23 @@ def train(
             record.update({f"val_{k}": v for k, v in val.items()})
         # lr is a float32 in the graph: report its shortest decimal form, not 0.0020000000949.
         record["lr"] = float(str(np.float32(lr)))
-        elapsed = time.perf_counter() - t0
+        elapsed = prior_s + time.perf_counter() - t0
         record["time_s"] = round(elapsed, 4)
         record["samples_per_s"] = round(seen / max(train_s, 1e-9), 1)
         record = {k: (_jsonable(v) if isinstance(v, float) else v) for k, v in record.items()}
 
         value = record.get(monitor)
+        pos_epoch, pos = (epoch + 1, 0) if finished else (epoch, done)
         if value is not None and _improved(value, best, mode, es.min_delta if es else 0.0):
-            best, wait = float(value), 0
+            best, wait, best_epoch = float(value), 0, epoch + 1
             best_state = current
-            save_checkpoint(
-                best_path, current, meta(epoch + 1 if finished else epoch, 0 if finished else done)
-            )
+            save_checkpoint(best_path, current, meta(pos_epoch, pos))
         else:
             wait += 1
         completed = epoch + 1
-        save_checkpoint(
-            last_path, current, meta(epoch + 1 if finished else epoch, 0 if finished else done)
-        )
-        with open(metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        # The line first, then the checkpoint: a resume drops lines newer than its checkpoint.
+        append_metrics(metrics_path, record)
+        save_checkpoint(last_path, current, meta(pos_epoch, pos))
         history.append(record)
         shown = {
             k: v for k, v in record.items() if k not in ("epoch", "step", "time_s", "samples_per_s")
@@ -289,16 +438,32 @@ def train(
             elapsed,
             record["samples_per_s"],
         )
-        if any(cb(dict(record)) is True for cb in callbacks):
-            break
-        if es is not None and wait >= es.patience:
-            stopped_early = True
-            progress.message(f"early stopping: {monitor} did not improve for {wait} epoch(s)")
+        stop = any(cb(dict(record)) is True for cb in callbacks)
+        if not stop and es is not None and wait >= es.patience:
+            stopped_early = stop = True
+            progress.message(
+                f"early stopping: {monitor} did not improve for {wait} epoch(s); "
+                f"best {best} at epoch {best_epoch}"
+            )
+        if stop:
             break
 
     final = {**state, **runner.state()}
-    if stopped_early and es is not None and es.restore_best and best_state is not None:
-        final = best_state
+    restored = False
+    if es is not None and es.restore_best and best is not None:
+        if best_state is None and os.path.isfile(best_path):
+            best_state = {**final, **load_checkpoint(best_path)[0]}
+        if best_state is not None:
+            final, restored = best_state, True
+    save_checkpoint(
+        final_path,
+        state_for_eval(final),
+        {
+            "model": model.name,
+            "source": "best" if restored else "last",
+            "best_epoch": json.dumps(best_epoch),
+        },
+    )
     return TrainResult(
         run_dir=run_dir,
         history=tuple(history),
@@ -309,13 +474,64 @@ def train(
         monitor=monitor,
         stopped_early=stopped_early,
         device=device,
+        best_epoch=best_epoch,
+        restored_best=restored,
     )
+
+
+def _diverged(
+    model: CheckedModel,
+    runner: StepRunner,
+    plan: _Plan,
+    out: Mapping[str, float],
+    arrays: Mapping[str, np.ndarray],
+    idx: np.ndarray,
+    step: int,
+    last_path: str,
+    meta: Mapping[str, str],
+    progress: Progress,
+) -> None:
+    """Keep the last finite state in last.safetensors and raise where the divergence began."""
+    new_state = runner.state()
+    runner.rewind()  # the step's inputs are untouched in the other state set
+    finite = runner.state()
+    save_checkpoint(last_path, finite, meta)
+    if progress.tty:
+        progress.message("")  # end the progress bar's line
+    batch = {n: np.take(arrays[n], idx, axis=0) for n in arrays}
+    raise diagnose(
+        model,
+        step=step,
+        loss=float(out["loss"]),
+        state=finite,
+        new_state=new_state,
+        batch=batch,
+        seed=plan.seed,
+        checkpoint=last_path,
+    )
+
+
+def _partial(sums: Mapping[str, float], seen: int, lr: float, train_s: float) -> dict[str, Any]:
+    """The epoch-so-far sums a mid-epoch checkpoint carries, so the epoch's record stays whole."""
+    return {"sums": dict(sums), "seen": seen, "lr": lr, "train_s": train_s}
+
+
+@dataclass(frozen=True)
+class _Resumed:
+    """Where a resumed run continues: epoch, position in it, best-so-far and the epoch's sums."""
+
+    epoch: int = 0
+    position: int = 0
+    best: float | None = None
+    best_epoch: int | None = None
+    wait: int = 0
+    partial: dict[str, Any] | None = None
 
 
 def _resume(
     model: CheckedModel, last_path: str, state: dict[str, np.ndarray], batch: int
-) -> tuple[int, int, Any, int]:
-    """Load RUN/last.safetensors into `state`; returns (epoch, position, best, wait)."""
+) -> _Resumed:
+    """Load RUN/last.safetensors into `state`; returns where to continue."""
     if not os.path.isfile(last_path):
         raise DslcError(
             f"--resume: {last_path} not found", hint="train without --resume first, or set --out"
@@ -343,12 +559,17 @@ def _resume(
             hint="resume with the same --batch-size, so the position in the epoch means the same",
         )
     try:
-        epoch, position = int(meta.get("epoch", "0")), int(meta.get("position", "0"))
-        best = json.loads(meta.get("best", "null"))
-        wait = int(meta.get("wait", "0"))
-    except ValueError:
+        partial = json.loads(meta["partial"]) if meta.get("partial") else None
+        return _Resumed(
+            epoch=int(meta.get("epoch", "0")),
+            position=int(meta.get("position", "0")),
+            best=json.loads(meta.get("best", "null")),
+            best_epoch=json.loads(meta.get("best_epoch", "null")),
+            wait=int(meta.get("wait", "0")),
+            partial=partial if isinstance(partial, dict) else None,
+        )
+    except (ValueError, KeyError):
         raise DslcError(f"--resume: {last_path} has unreadable metadata") from None
-    return epoch, position, best, wait
 
 
 def state_for_eval(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
