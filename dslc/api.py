@@ -14,13 +14,14 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from dslc.check.model import CheckedModel
 from dslc.errors import DslcError
 from dslc.runtime.checkpoint import load_checkpoint, model_state, save_checkpoint
-from dslc.runtime.data import Dataset, load_dataset, symbolic_dims
+from dslc.runtime.data import Dataset, label_classes, load_dataset, symbolic_dims
 from dslc.runtime.gradcheck import GradRow
 from dslc.runtime.gradcheck import gradcheck as _gradcheck
 from dslc.runtime.guard import TrainingDiverged
@@ -35,16 +36,20 @@ from dslc.runtime.trainer import (
 from dslc.runtime.trainer import train as _train
 
 __all__ = [
+    "Confusion",
+    "DslcError",
     "Dataset",
     "GradRow",
     "TrainResult",
     "TrainingDiverged",
     "compile",
+    "confusion_matrix",
     "evaluate",
     "export",
     "gradcheck",
     "load",
     "load_data",
+    "plot",
     "train",
 ]
 
@@ -208,6 +213,102 @@ def evaluate(
     )
     names = (["loss"] if m.loss is not None else []) + [name for name, _ in m.metrics]
     return runner.evaluate(state, ds.arrays, min(batch_size, len(ds)), names)
+
+
+@dataclass(frozen=True)
+class Confusion:
+    """Counts of (true label, predicted class) over a dataset; rows are the true labels."""
+
+    target: str
+    matrix: np.ndarray  # [classes, classes], int64
+
+    def table(self) -> str:
+        """The matrix as aligned text, with a header row of predicted classes."""
+        n = self.matrix.shape[0]
+        width = max(len(str(int(self.matrix.max(initial=0)))), len(str(n - 1)), 3)
+        head = " " * (width + 2) + " ".join(f"{c:>{width}}" for c in range(n))
+        rows = [
+            f"{t:>{width}}  " + " ".join(f"{int(v):>{width}}" for v in self.matrix[t])
+            for t in range(n)
+        ]
+        return "\n".join(
+            [f"confusion matrix of `{self.target}` (rows: true, columns: predicted)", head, *rows]
+        )
+
+
+def classifier_head(model: CheckedModel) -> tuple[int, str, int] | None:
+    """(logits node id, int target name, class count) of a classifier, else None.
+
+    A classifier is a model whose loss or a metric applies cross_entropy, nll or
+    an accuracy to logits [..., C] and an int target; the loss's pair comes first.
+    """
+    classes = label_classes(model)
+    order = [model.loss] if model.loss is not None else []
+    order += [nid for _, nid in model.metrics]
+    order += [n.id for n in model.nodes if n.op == "fn"]
+    for nid in order:
+        node = model.nodes[nid]
+        if node.op != "fn" or len(node.inputs) < 2:
+            continue
+        labels = model.nodes[node.inputs[1]]
+        name = labels.attrs.get("name") if labels.op == "target" else None
+        if name in classes and labels.type.shape == ():
+            logits = model.nodes[node.inputs[0]]
+            if tuple(logits.type.shape) == (classes[name],):
+                return node.inputs[0], name, classes[name]
+    return None
+
+
+def confusion_matrix(
+    model: CheckedModel | str,
+    checkpoint: str,
+    data: str | None = None,
+    *,
+    device: str | None = "cpu",
+    batch_size: int = 256,
+) -> Confusion | None:
+    """The confusion matrix of a classifier's checkpoint on a dataset; None for other models."""
+    import dataclasses
+
+    from dslc.emit_onnx import to_onnx
+    from dslc.lower import build_inference
+    from dslc.runtime.session import make_session
+
+    m = _model(model)
+    head = classifier_head(m)
+    if head is None:
+        return None
+    logits_id, target, n = head
+    probe = dataclasses.replace(m, outputs=(("logits", logits_id),))
+    sess = make_session(to_onnx(build_inference(probe)), resolve_device(device))
+    state = checkpoint_state(m, checkpoint)
+    ds = load_data(m, data)
+    needed = [i.name for i in sess.get_inputs()]
+    counts = np.zeros((n, n), dtype=np.int64)
+    labels = ds.arrays[target]
+    for start in range(0, len(ds), batch_size):
+        feeds = {
+            k: (ds.arrays[k][start : start + batch_size] if k in ds.arrays else state[k])
+            for k in needed
+        }
+        (logits,) = sess.run(["logits"], feeds)
+        pred = np.argmax(logits, axis=-1)
+        np.add.at(counts, (labels[start : start + batch_size], pred), 1)
+    return Confusion(target, counts)
+
+
+def plot(run_dir: str, out: str | None = None) -> str:
+    """Draw RUN/metrics.jsonl (loss and metrics per epoch) as a PNG; returns its path."""
+    from dslc.runtime.checkpoint import write_atomic
+    from dslc.runtime.plot import png_bytes, render
+    from dslc.runtime.records import METRICS, read_metrics
+
+    path = os.path.join(run_dir, METRICS)
+    if not os.path.isfile(path):
+        raise DslcError(f"{run_dir}: no {METRICS} here", hint="pass the --out folder of a run")
+    target = out or os.path.join(run_dir, "metrics.png")
+    write_atomic(target, png_bytes(render(read_metrics(path))))
+    return target
 
 
 def export(model: CheckedModel | str, checkpoint: str | None, path: str) -> str:

@@ -169,12 +169,26 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from dslc.api import evaluate, load
 
-    metrics = evaluate(load(args.file), args.checkpoint, args.data, device=args.device)
+    model = load(args.file)
+    metrics = evaluate(model, args.checkpoint, args.data, device=args.device)
     if args.json:
         print(json.dumps(metrics))
-    else:
-        for k, v in metrics.items():
-            print(f"{k}: {_num(v)}")
+        return EXIT_OK
+    for k, v in metrics.items():
+        print(f"{k}: {_num(v)}")
+    if not args.no_confusion:
+        from dslc.api import confusion_matrix
+
+        confusion = confusion_matrix(model, args.checkpoint, args.data, device=args.device)
+        if confusion is not None:
+            print(confusion.table())
+    return EXIT_OK
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from dslc.api import plot
+
+    print(f"wrote {plot(args.run, args.out)}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -204,8 +218,17 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from dslc.api import load
     from dslc.runtime.text import sample
 
-    print(sample(load(args.file), args.checkpoint, prime=args.prime, length=args.length,
-                 temperature=args.temperature, seed=args.seed, data=args.data))
+    print(
+        sample(
+            load(args.file),
+            args.checkpoint,
+            prime=args.prime,
+            length=args.length,
+            temperature=args.temperature,
+            seed=args.seed,
+            data=args.data,
+        )
+    )
     return EXIT_OK
 
 
@@ -221,6 +244,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "export": cmd_export,
     "gradcheck": cmd_gradcheck,
     "sample": cmd_sample,
+    "plot": cmd_plot,
 }
 
 

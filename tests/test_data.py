@@ -290,14 +290,15 @@ def test_label_classes_from_the_loss_logits():
 # ---------------------------------------------------------------- text
 
 
-def test_text_windows_of_bytes(tmp_path):
-    (tmp_path / "t.txt").write_bytes(b"abcdefghij")
+def test_text_windows_of_characters(tmp_path):
+    # Ids index the sorted set of the text's characters (docs/sequences.md).
+    (tmp_path / "t.txt").write_bytes(b"jihgfedcba")
     model = make_model(x_shape=("T",), y_type=TensorType("int64", ("T",)), classes=256)
     model = dataclasses.replace(model, inputs=(Declared("x", TensorType("int64", ("T",)), SPAN),))
     spec = CallValue("text", (), (("path", "t.txt"), ("seq_len", 3)))
     ds = load_dataset(spec, model, str(tmp_path))
-    assert ds.arrays["x"].tolist() == [list(b"abc"), list(b"def"), list(b"ghi")]
-    assert ds.arrays["y"].tolist() == [list(b"bcd"), list(b"efg"), list(b"hij")]
+    assert ds.arrays["x"].tolist() == [[9, 8, 7], [6, 5, 4], [3, 2, 1]]
+    assert ds.arrays["y"].tolist() == [[8, 7, 6], [5, 4, 3], [2, 1, 0]]
     assert symbolic_dims(ds, model) == {"T": 3}
     with pytest.raises(DslcError, match="too few for one window"):
         load_dataset(

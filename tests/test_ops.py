@@ -43,6 +43,18 @@ class I:  # noqa: E742
 
 
 @dataclass(frozen=True)
+class U:
+    """Distinct int64 indices below `hi`, as a max_pool with disjoint windows yields."""
+
+    shape: tuple[int, ...]
+    hi: int
+
+    def make(self, rng: np.random.Generator, float_dtype: str) -> np.ndarray:
+        size = int(np.prod(self.shape))
+        return rng.permutation(self.hi)[:size].reshape(self.shape).astype(np.int64)
+
+
+@dataclass(frozen=True)
 class Bool:
     """A random boolean tensor."""
 
@@ -167,6 +179,8 @@ OP_CASES: dict[str, list[Case]] = {
         C(F((1, 2, 5, 5)), kernel=(3, 3), strides=(2, 2), pads=(1, 1, 1, 1)),
         C(F((2, 1, 7)), kernel=(2,), strides=(2,)),
     ],
+    "max_unpool": [C(F((2, 2, 2, 2)), U((2, 2, 2, 2), 64), kernel=(2, 2), shape=(2, 2, 4, 4)),
+                   C(F((1, 3, 3)), U((1, 3, 3), 21), kernel=(2,), shape=(1, 3, 7))],
     "avg_pool": [
         C(F((1, 2, 5, 5)), kernel=(3, 3), strides=(2, 2), pads=(1, 1, 1, 1)),
         C(F((1, 1, 4, 4)), kernel=(2, 2), strides=(1, 1), pads=(0, 1, 1, 0)),

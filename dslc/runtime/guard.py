@@ -121,6 +121,19 @@ def _owner(model: CheckedModel, param: str) -> Span | None:
     return None
 
 
+def _first_bad_update(new_state: Mapping[str, np.ndarray]) -> tuple[str, str] | None:
+    """The first state successor that is not finite, or whose sum overflows float32."""
+    for name, arr in new_state.items():
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            return name, "is not finite (the gradient overflowed)"
+    for name, arr in new_state.items():
+        with np.errstate(over="ignore"):
+            total = np.sum(arr, dtype=arr.dtype) if arr.dtype.kind == "f" and arr.size else 0.0
+        if not np.isfinite(total):
+            return name, f"overflows float32 (largest magnitude {float(np.abs(arr).max()):.3g})"
+    return None
+
+
 def diagnose(
     model: CheckedModel,
     *,
@@ -150,19 +163,18 @@ def diagnose(
             step,
             hint,
         )
-    loss_txt = "NaN" if loss != loss else str(loss)
-    if new_state is not None:
-        for name, arr in new_state.items():
-            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-                return TrainingDiverged(
-                    f"training diverged at {where}: the forward pass is finite (loss {loss_txt}) "
-                    f"but the update of `{name}` is not (the gradient overflowed)",
-                    _owner(model, name.removeprefix("opt.").rsplit(".", 1)[0])
-                    if name.startswith("opt.")
-                    else _owner(model, name),
-                    step,
-                    hint,
-                )
+    loss_txt = f"{loss:.6g}"
+    culprit = _first_bad_update(new_state or {})
+    if culprit is not None:
+        name, what = culprit
+        param = name.removeprefix("opt.").rsplit(".", 1)[0] if name.startswith("opt.") else name
+        return TrainingDiverged(
+            f"training diverged at {where}: the forward pass is finite (loss {loss_txt}) "
+            f"but the update of `{name}` {what}",
+            _owner(model, param),
+            step,
+            hint,
+        )
     return TrainingDiverged(
         f"training diverged at {where}: the loss is {loss_txt}", None, step, hint
     )

@@ -150,6 +150,9 @@ class StepRunner:
         self._batch_bufs: dict[int, dict[str, np.ndarray]] = {}
         self._batch_vals: dict[int, dict[str, ort.OrtValue]] = {}
         self._keep: list[object] = []  # numpy buffers behind non-owning OrtValues
+        # A dataset kept on the device (make_resident): Gather graphs fill the batch inputs.
+        self._gathers: dict[int, tuple[ort.InferenceSession, ort.IOBinding, np.ndarray]] = {}
+        self._resident_src: dict[str, int] = {}
         self._cur = 0
         first = next(iter(graphs.values()))
         sess0 = make_session(first, device, threads or default_threads(next(iter(graphs))))
@@ -234,11 +237,52 @@ class StepRunner:
     def batch_sizes(self) -> tuple[int, ...]:
         return tuple(self._sessions)
 
+    def make_resident(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Keep the dataset on the runner's device; batches are then gathered there.
+
+        Each batch size gets a small Gather graph whose outputs are bound to the
+        step's batch inputs, so a step moves only the int64 index vector from the
+        host. `step_indices` with these same arrays then uses it.
+        """
+        import onnx
+        from onnx import helper
+
+        self._resident = {n: self._ortvalue(np.asarray(arrays[n])) for n in self.data_names}
+        self._resident_src = {n: id(arrays[n]) for n in self.data_names}
+        self._gathers = {}
+        for batch in self._sessions:
+            index_info = helper.make_tensor_value_info("index", onnx.TensorProto.INT64, [batch])
+            nodes, ins, outs = [], [index_info], []
+            for n in self.data_names:
+                arr = np.asarray(arrays[n])
+                elem = helper.np_dtype_to_tensor_dtype(self._dtypes[n])
+                ins.append(helper.make_tensor_value_info(f"all.{n}", elem, list(arr.shape)))
+                outs.append(helper.make_tensor_value_info(n, elem, [batch, *arr.shape[1:]]))
+                nodes.append(helper.make_node("Gather", [f"all.{n}", "index"], [n], axis=0))
+            graph = helper.make_graph(nodes, "gather", ins, outs)
+            proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+            proto.ir_version = 9
+            onnx.checker.check_model(proto)
+            gsess = make_session(proto.SerializeToString(), self.device, 1)
+            index = np.zeros(batch, dtype=np.int64)
+            self._keep.append(index)
+            binding = gsess.io_binding()
+            binding.bind_ortvalue_input("index", ort.OrtValue.ortvalue_from_numpy(index))
+            for n in self.data_names:
+                binding.bind_ortvalue_input(f"all.{n}", self._resident[n])
+                binding.bind_ortvalue_output(n, self._batch_vals[batch][n])
+            self._gathers[batch] = (gsess, binding, index)
+
     def step_indices(self, arrays: Mapping[str, np.ndarray], index: np.ndarray) -> dict[str, float]:
         """One optimiser step on the examples `arrays[...][index]`; returns loss, metrics and lr."""
         batch = len(index)
         bufs = self._batch_bufs[batch]
-        if self.device == "cpu":
+        gathers = self._gathers
+        if gathers and all(id(arrays[n]) == i for n, i in self._resident_src.items()):
+            gsess, binding, buf = gathers[batch]
+            buf[:] = index
+            gsess.run_with_iobinding(binding)
+        elif self.device == "cpu":
             for n, buf in bufs.items():
                 np.take(arrays[n], index, axis=0, out=buf)
         else:

@@ -40,6 +40,7 @@ StepCallback = Callable[[dict[str, Any]], Any]
 """Called after every optimiser step with `{epoch, batch, step, loss, <metrics>, lr}`."""
 
 EVAL_BATCH = 256
+RESIDENT_MAX_BYTES = 2 << 30  # a larger dataset stays on the host; batches are copied per step
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class TrainOptions:
     threads: int | None = None
     progress: bool = True
     checkpoint_every: int | None = None  # also write last.safetensors every N steps
+    resident: bool | None = None  # dataset on the device; None: on CUDA when it fits
     command: tuple[str, ...] | None = None  # the command line, for run.json
 
 
@@ -199,6 +201,13 @@ def _plain(v: Any) -> Any:
     return str(v)
 
 
+def _resident(opts: TrainOptions, device: str, arrays: Mapping[str, np.ndarray]) -> bool:
+    """Whether the training data lives on the device (CUDA, when it fits) for the whole run."""
+    if opts.resident is not None:
+        return opts.resident
+    return device == "cuda" and sum(a.nbytes for a in arrays.values()) <= RESIDENT_MAX_BYTES
+
+
 def _clean_temp_files(run_dir: str) -> None:
     # A process killed while writing a checkpoint leaves its temporary file behind.
     if os.path.isdir(run_dir):
@@ -288,6 +297,8 @@ def train(
     runner = StepRunner(
         _step_graphs(model, plan), state, seed=plan.seed, device=device, threads=opts.threads
     )
+    if _resident(opts, device, plan.train.arrays):
+        runner.make_resident(plan.train.arrays)
     report_names = ["loss", *(m for m, _ in model.metrics)]
     evaluator = None
     if plan.val is not None:
@@ -418,12 +429,15 @@ def train(
 
         value = record.get(monitor)
         pos_epoch, pos = (epoch + 1, 0) if finished else (epoch, done)
-        if value is not None and _improved(value, best, mode, es.min_delta if es else 0.0):
-            best, wait, best_epoch = float(value), 0, epoch + 1
-            best_state = current
-            save_checkpoint(best_path, current, meta(pos_epoch, pos))
-        else:
-            wait += 1
+        # Only whole epochs count: a part ended by --steps and its rest after --resume are
+        # not epochs of their own, so a split run stops where an uninterrupted one does.
+        if finished:
+            if value is not None and _improved(value, best, mode, es.min_delta if es else 0.0):
+                best, wait, best_epoch = float(value), 0, epoch + 1
+                best_state = current
+                save_checkpoint(best_path, current, meta(pos_epoch, pos))
+            else:
+                wait += 1
         completed = epoch + 1
         # The line first, then the checkpoint: a resume drops lines newer than its checkpoint.
         append_metrics(metrics_path, record)
