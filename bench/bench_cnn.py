@@ -4,7 +4,8 @@ Both train the same digits CNN (1×8×8 → Conv2D(16, 3, same) → relu → Max
 → Conv2D(32, 3, same) → relu → MaxPool(2) → Dense(10)) with SGD (momentum 0.9),
 from the same initial parameters, on the same batches, with the same number of
 intra-op threads. Prints samples/s and the ratio per batch size.
-Run: `python bench/bench_cnn.py [--seconds S] [--batches 32,256] [--threads T]`.
+Run: `python bench/bench_cnn.py [--seconds S] [--batches 32,256] [--threads T]
+[--conv im2col|primitive]`.
 """
 
 from __future__ import annotations
@@ -96,7 +97,12 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--batches", default="32,256")
     ap.add_argument("--threads", type=int, default=0, help="0: dslc's default for the batch")
+    ap.add_argument("--conv", choices=("im2col", "primitive"), default="im2col",
+                    help="dslc's convolution lowering (the default is im2col + GEMM)")
     args = ap.parse_args()
+    import dslc.lower.conv
+
+    dslc.lower.conv.IM2COL = args.conv == "im2col"
     model = check_source(MODEL, "bench_cnn.nn")
     state = {**initial_state(model, 0), **optimizer_state(model)}
     flat, y = digits_arrays(copies=4)
@@ -108,7 +114,7 @@ def main() -> None:
         theirs = torch_rate(state, x, y, batch, threads, args.seconds)
         rows.append((batch, threads, ours, theirs))
         time.sleep(0.1)
-    print_table("CNN conv16-pool-conv32-pool-dense on 1×8×8, SGD momentum", rows)
+    print_table(f"CNN conv16-pool-conv32-pool-dense on 1×8×8, SGD momentum, {args.conv}", rows)
 
 
 if __name__ == "__main__":

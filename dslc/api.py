@@ -240,7 +240,8 @@ def classifier_head(model: CheckedModel) -> tuple[int, str, int] | None:
     """(logits node id, int target name, class count) of a classifier, else None.
 
     A classifier is a model whose loss or a metric applies cross_entropy, nll or
-    an accuracy to logits [..., C] and an int target; the loss's pair comes first.
+    an accuracy to logits [..., C] and an int target [...] (a sequence model counts
+    every position); the loss's pair comes first.
     """
     classes = label_classes(model)
     order = [model.loss] if model.loss is not None else []
@@ -252,9 +253,11 @@ def classifier_head(model: CheckedModel) -> tuple[int, str, int] | None:
             continue
         labels = model.nodes[node.inputs[1]]
         name = labels.attrs.get("name") if labels.op == "target" else None
-        if name in classes and labels.type.shape == ():
+        if name in classes:
             logits = model.nodes[node.inputs[0]]
-            if tuple(logits.type.shape) == (classes[name],):
+            # Logits [..., C] against labels [...]: per example, or per position of a sequence.
+            shape = (*labels.type.shape, classes[name])
+            if tuple(logits.type.shape) == shape:
                 return node.inputs[0], name, classes[name]
     return None
 
@@ -292,8 +295,8 @@ def confusion_matrix(
             for k in needed
         }
         (logits,) = sess.run(["logits"], feeds)
-        pred = np.argmax(logits, axis=-1)
-        np.add.at(counts, (labels[start : start + batch_size], pred), 1)
+        pred = np.argmax(logits, axis=-1).reshape(-1)
+        np.add.at(counts, (labels[start : start + batch_size].reshape(-1), pred), 1)
     return Confusion(target, counts)
 
 
@@ -322,6 +325,11 @@ def export(model: CheckedModel | str, checkpoint: str | None, path: str) -> str:
     from dslc.lower import initial_state
 
     m = _model(model)
+    if not m.outputs:
+        raise DslcError(
+            f"model {m.name} declares no `output`, so its inference model would compute nothing",
+            hint="add e.g. `output probs = softmax(logits)` to the model",
+        )
     state = checkpoint_state(m, checkpoint) if checkpoint else initial_state(m, m.train.seed)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)

@@ -18,6 +18,7 @@ from dslc import __version__
 from dslc.errors import DslcError, render_all
 
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
+MAX_CONFUSION_PRINT = 30  # classes; a larger matrix (a character vocabulary) is unreadable
 
 
 def _positive(text: str) -> int:
@@ -180,8 +181,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from dslc.api import confusion_matrix
 
         confusion = confusion_matrix(model, args.checkpoint, args.data, device=args.device)
-        if confusion is not None:
+        if confusion is not None and len(confusion.matrix) <= MAX_CONFUSION_PRINT:
             print(confusion.table())
+        elif confusion is not None:
+            print(
+                f"confusion matrix: {len(confusion.matrix)} classes, too many to print "
+                "(dslc.api.confusion_matrix returns it)"
+            )
     return EXIT_OK
 
 

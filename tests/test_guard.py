@@ -99,3 +99,21 @@ def test_probe_output_is_zero_for_finite_state_and_nan_otherwise():
     assert np.isnan(runner.step(batch)[PROBE])
     runner.rewind()  # the inputs of the failed step are intact
     assert np.isinf(runner.state()["head.bias"][0])
+
+
+def test_optimiser_state_that_overflows_is_caught_at_the_checkpoint(tmp_path, capsys):
+    nn = tmp_path / "slot.nn"
+    nn.write_text(
+        BASE.format(lr="1e-3", extra="", logits="logits")
+        .replace("hidden = image -> Dense(16) -> relu", "hidden = image * 1e20")
+        .replace("SGD(lr = 1e-3)", "Adam(lr = 1e-3)")
+    )
+    out = tmp_path / "run"
+    argv = ["train", str(nn), "--out", str(out), "--device", "cpu", "--quiet"]
+    assert main([*argv, "--checkpoint-every", "4"]) == 1
+    err = capsys.readouterr().err
+    # Adam's squared gradient overflows while the parameters stay finite (the update is 0).
+    assert f"{nn}:5:30: error: training diverged by step 4: the optimiser state" in err
+    assert "`opt.head.weight.exp_avg_sq` is not finite" in err
+    tensors, _ = load_checkpoint(str(out / "last.safetensors"))
+    assert int(tensors["step"]) == 0 and _all_finite(tensors)  # the start of the run

@@ -161,3 +161,36 @@ def test_no_confusion_matrix_for_a_regression_model(tmp_path):
     model = api.load(str(EXAMPLES / "regression.nn"))
     api.train(model, out=str(tmp_path / "r"), steps=2, device="cpu", progress=False)
     assert api.confusion_matrix(model, str(tmp_path / "r" / "last.safetensors")) is None
+
+
+SEQ = """
+model Tagger {
+    input  tokens: int[5]
+    target tags: int[5]
+    logits = tokens -> Embedding(12, 6) -> head: Dense(3)
+    loss cross_entropy(logits, tags)
+    metric accuracy(logits, tags)
+}
+
+train {
+    data       = "tags.npz"
+    epochs     = 2
+    batch_size = 8
+    optimizer  = Adam(lr = 1e-2)
+}
+"""
+
+
+def test_a_sequence_classifier_counts_every_position(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    tokens = rng.integers(0, 12, size=(20, 5))
+    np.savez(tmp_path / "tags.npz", tokens=tokens, tags=tokens % 3)
+    nn = tmp_path / "tagger.nn"
+    nn.write_text(SEQ)
+    api.train(str(nn), out=str(tmp_path / "r"), device="cpu", progress=False)
+    ckpt = str(tmp_path / "r" / "last.safetensors")
+    conf = api.confusion_matrix(str(nn), ckpt)
+    assert conf is not None and conf.target == "tags" and conf.matrix.sum() == 100
+    np.testing.assert_array_equal(conf.matrix.sum(axis=1), np.bincount((tokens % 3).ravel()))
+    accuracy = api.evaluate(str(nn), ckpt)["accuracy"]
+    assert np.trace(conf.matrix) / 100 == pytest.approx(accuracy, abs=1e-6)

@@ -296,7 +296,10 @@ train {
 def test_small_cnn_trains_and_exports_as_torch(tmp_path: Any) -> None:
     import dslc.api as api
 
-    steps = 12
+    # Few steps: by the sixth, a max-pool window comes within float32 rounding of a tie,
+    # and rounding alone decides which element takes the gradient (torch's own gradient
+    # moves by 1e-3 between torch's and dslc's parameters there, which differ by 4e-7).
+    steps = 5
     model = check_source(CNN, os.path.join(str(tmp_path), "small_cnn.nn"))
     result = api.train(model, steps=steps, out=str(tmp_path / "run"), progress=False)
     assert result.steps == steps

@@ -535,7 +535,8 @@ def _pool_def(kind: str) -> LayerDef:
         _no_params,
         lambda a, t, o: numel(o.shape) * math.prod(a["kernel"]),
         "1-D or 2-D pooling by the input's rank; "
-        + ("padding counts as -inf" if kind == "MaxPool" else "padding is not counted"),
+        + ("padding counts as -inf" if kind == "MaxPool"
+           else "padding counts as zeros in the mean (torch's count_include_pad=True)"),
     )
 
 

@@ -7,13 +7,14 @@ optimiser slots `opt.<param>.<slot>`, `step` (int64, shape []). Metadata
 
 from __future__ import annotations
 
+import json
 import os
+import struct
 import tempfile
 from collections.abc import Mapping
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
-from safetensors.numpy import save as st_save
 
 from dslc.check.model import CheckedModel
 from dslc.errors import DslcError
@@ -39,7 +40,7 @@ def save_checkpoint(
     power cut; a process killed at any moment leaves either the old or the new file.
     """
     meta = {"format": FORMAT, **{str(k): str(v) for k, v in metadata.items()}}
-    blob = st_save({k: _contiguous(v) for k, v in tensors.items()}, metadata=meta)
+    blob = serialize(tensors, meta)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=folder)
@@ -88,6 +89,39 @@ def write_atomic(path: str, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+_ST_DTYPES = {
+    "float64": "F64", "float32": "F32", "float16": "F16", "int64": "I64", "int32": "I32",
+    "int16": "I16", "int8": "I8", "uint8": "U8", "uint16": "U16", "uint32": "U32",
+    "uint64": "U64", "bool": "BOOL",
+}  # fmt: skip
+
+
+def serialize(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> bytes:
+    """The safetensors bytes of `tensors` (in the given order) with `metadata`, deterministically.
+
+    Written here rather than by `safetensors.numpy.save`, whose header orders the
+    metadata by a hash map: the same checkpoint must give the same bytes.
+    """
+    header: dict[str, object] = {"__metadata__": {str(k): str(v) for k, v in metadata.items()}}
+    chunks, offset = [], 0
+    for name, value in tensors.items():
+        arr = _contiguous(value)
+        dtype = _ST_DTYPES.get(arr.dtype.name)
+        if dtype is None:
+            raise DslcError(f"cannot store `{name}` of dtype {arr.dtype} in a checkpoint")
+        data = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+        header[name] = {
+            "dtype": dtype,
+            "shape": list(arr.shape),
+            "data_offsets": [offset, offset + len(data)],
+        }
+        chunks.append(data)
+        offset += len(data)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-(8 + len(text)) % 8)  # the data starts 8-byte aligned
+    return struct.pack("<Q", len(text)) + text + b"".join(chunks)
 
 
 def _contiguous(v: np.ndarray) -> np.ndarray:

@@ -22,7 +22,7 @@ from dslc.check.model import CheckedModel, EarlyStoppingSpec
 from dslc.errors import DslcError
 from dslc.runtime.checkpoint import load_checkpoint, load_init, model_state, save_checkpoint
 from dslc.runtime.data import Dataset, load_dataset, split, symbolic_dims
-from dslc.runtime.guard import PROBE, add_finite_probe, diagnose
+from dslc.runtime.guard import PROBE, add_finite_probe, diagnose, nonfinite_key, slot_diverged
 from dslc.runtime.progress import Progress
 from dslc.runtime.records import (
     METRICS,
@@ -273,9 +273,12 @@ def train(
     if opts.init:
         state.update(load_init(opts.init, model))
     if opts.resume:
-        resumed = _resume(model, last_path, state, plan.batch)
-    elif os.path.exists(metrics_path):
-        os.unlink(metrics_path)
+        resumed = _resume(model, last_path, state, plan.batch, plan.seed)
+    else:
+        # A fresh run replaces the folder's run: a stale last.safetensors must not be resumed.
+        for stale in (metrics_path, last_path, best_path, final_path):
+            if os.path.exists(stale):
+                os.unlink(stale)
     os.makedirs(run_dir, exist_ok=True)
     _clean_temp_files(run_dir)
     history: list[dict[str, Any]] = (
@@ -328,6 +331,9 @@ def train(
             **plan.train.meta,  # a text dataset's vocabulary, for `dslc sample`
         }
 
+    if not opts.resume:
+        # From the first moment on, RUN holds a loadable state that --resume can continue.
+        save_checkpoint(last_path, {**state, **runner.state()}, meta(0, 0))
     best_state: dict[str, np.ndarray] | None = None
     stopped_early = es is not None and wait >= es.patience
     if stopped_early:
@@ -395,7 +401,7 @@ def train(
                 if every and step % every == 0 and done < plan.batches_per_epoch:
                     save_checkpoint(
                         last_path,
-                        {**state, **runner.state()},
+                        _finite(model, {**state, **runner.state()}, step, last_path),
                         meta(
                             epoch,
                             done,
@@ -415,7 +421,7 @@ def train(
         record: dict[str, Any] = {"epoch": epoch + 1, "step": step}
         record.update({k: v / max(seen, 1) for k, v in sums.items()})
         # Merged over the initial state: a parameter the step graph does not use stays saved.
-        current = {**state, **runner.state()}
+        current = _finite(model, {**state, **runner.state()}, step, last_path)
         if evaluator is not None and plan.val is not None:
             eval_batch = min(len(plan.val), max(plan.batch, EVAL_BATCH))
             val = evaluator.evaluate(current, plan.val.arrays, eval_batch, report_names)
@@ -438,6 +444,9 @@ def train(
                 save_checkpoint(best_path, current, meta(pos_epoch, pos))
             else:
                 wait += 1
+        elif not os.path.exists(best_path):
+            # No whole epoch yet (--steps ended the first one): the best so far is the last state.
+            save_checkpoint(best_path, current, meta(pos_epoch, pos))
         completed = epoch + 1
         # The line first, then the checkpoint: a resume drops lines newer than its checkpoint.
         append_metrics(metrics_path, record)
@@ -493,6 +502,16 @@ def train(
     )
 
 
+def _finite(
+    model: CheckedModel, state: dict[str, np.ndarray], step: int, last_path: str
+) -> dict[str, np.ndarray]:
+    """`state` if every tensor is finite; else the optimiser slots overflowed: raise."""
+    bad = nonfinite_key(state)
+    if bad is not None:
+        raise slot_diverged(model, bad, step, last_path)
+    return state
+
+
 def _diverged(
     model: CheckedModel,
     runner: StepRunner,
@@ -543,7 +562,7 @@ class _Resumed:
 
 
 def _resume(
-    model: CheckedModel, last_path: str, state: dict[str, np.ndarray], batch: int
+    model: CheckedModel, last_path: str, state: dict[str, np.ndarray], batch: int, seed: int
 ) -> _Resumed:
     """Load RUN/last.safetensors into `state`; returns where to continue."""
     if not os.path.isfile(last_path):
@@ -571,6 +590,11 @@ def _resume(
             f"--resume: {last_path} was trained with batch size {meta['batch_size']}, "
             f"this run uses {batch}",
             hint="resume with the same --batch-size, so the position in the epoch means the same",
+        )
+    if meta.get("seed", str(seed)) != str(seed):
+        raise DslcError(
+            f"--resume: {last_path} was trained with seed {meta['seed']}, this run uses {seed}",
+            hint=f"resume with --seed {meta['seed']}: shuffling and dropout follow the seed",
         )
     try:
         partial = json.loads(meta["partial"]) if meta.get("partial") else None
