@@ -48,10 +48,12 @@ def _masks(run, seed: int, step: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize(("seed", "step"), [(0, 0), (7, 123), (-3, 2**40 + 5), (2**62, 1)])
-def test_graph_mask_equals_the_numpy_reference(seed: int, step: int) -> None:
-    run = _mask_graph((3, 4, 5), 0.3)
+@pytest.mark.parametrize("shape", [(3, 4, 5), (1, 4, 1), (6,), (1, 1)])
+def test_graph_mask_equals_the_numpy_reference(seed: int, step: int,
+                                               shape: tuple[int, ...]) -> None:
+    run = _mask_graph(shape, 0.3)
     np.testing.assert_array_equal(_masks(run, seed, step), keep_mask(seed, step, 12345,
-                                                                     (3, 4, 5), 0.3))
+                                                                     shape, 0.3))
 
 
 @pytest.mark.parametrize("rate", [0.1, 0.25, 0.5, 0.9])

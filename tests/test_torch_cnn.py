@@ -82,6 +82,7 @@ TORCH_FNS: dict[str, Callable[..., Any]] = {
     "relu": lambda x: F.relu(x),
     "tanh": torch.tanh,
     "flatten": lambda x: x.flatten(1),
+    "reshape": lambda x, shape: x.reshape(x.shape[0], *shape),
     "softmax": lambda x, axis=-1: F.softmax(x, dim=axis if axis < 0 else axis + 1),
     "cross_entropy": lambda z, y, label_smoothing=0.0: F.cross_entropy(
         z, y, label_smoothing=label_smoothing),
@@ -205,6 +206,9 @@ CASES = {
     "pools2d": ("-> Conv2D(4, 3, padding = same) -> MaxPool(3, stride = 2, padding = 1) "
                 "-> AvgPool((3, 2), stride = 1, padding = (1, 0)) -> tanh "
                 "-> MaxPool(2, stride = 1) -> GlobalAvgPool()", "2, 7, 7"),
+    # disjoint windows that leave a remainder (the MaxUnpool gradient), 2-D and 1-D
+    "maxpool_remainder": ("-> Conv2D(3, 2) -> MaxPool(2) -> reshape((3, 4)) -> MaxPool(3) "
+                          "-> flatten", "2, 6, 6"),
     "batchnorm": ("-> Conv2D(4, 3) -> BatchNorm(momentum = 0.2) -> relu -> flatten "
                   "-> Dense(8) -> BatchNorm(eps = 1e-3) -> relu", "3, 6, 6"),
     "batchnorm1d_seq": ("-> BatchNorm() -> Conv1D(4, 3, padding = same) -> LayerNorm() "
@@ -244,6 +248,7 @@ def test_first_step_gradients_match_torch(name: str) -> None:
         np.testing.assert_allclose(init[k] - ours[k], g, rtol=1e-4, atol=2e-6, err_msg=k)
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
 def test_same_padding_with_even_kernel_is_torchs() -> None:
     """padding = same pads total//2 before and the rest after, as torch's padding='same'."""
     model = check_source(source("-> Conv2D(2, (2, 4), dilation = (3, 1), padding = same) "

@@ -7,7 +7,8 @@ resumed run replays it, and every step draws a fresh one. Every intermediate
 value stays below 2**32 and every product below 2**63, so int64 never
 overflows; shifts are divisions, XOR is `a + b - 2·(a & b)`.
 
-`keep_mask` is the same hash in NumPy, the reference the tests compare with.
+The seed and step enter through their low 32 bits. `keep_mask` is the same
+hash in NumPy, the reference the tests compare with.
 """
 
 from __future__ import annotations
@@ -91,6 +92,25 @@ def _add_low(b: Builder, x: Value, y: Value) -> Value:
     return b.op("bitwise_and", b.op("add", x, y), _i64(b, MASK32))
 
 
+def _spread_index_ir(b: Builder, shape: tuple[int, ...]) -> Value:
+    """`spread_indices(shape)` built from one small arange per axis (no full-size constant)."""
+    strides = [int(np.prod(shape[i + 1:])) for i in range(len(shape))]
+    idx: Value | None = None
+    for axis, (size, stride) in enumerate(zip(shape, strides, strict=True)):
+        if size == 1:
+            continue
+        lane = (np.arange(size, dtype=np.int64) * stride).reshape(
+            (size, *(1,) * (len(shape) - axis - 1)))
+        part = b.const(lane, name=b.fresh("element_index"))
+        idx = part if idx is None else b.op("add", idx, part)
+    if idx is None:
+        idx = _i64(b, 0)
+    if tuple(idx.shape) != tuple(shape):
+        # Broadcast against zeros of the full shape (an axis of size 1 is missing).
+        idx = b.op("add", idx, b.op("constant_of_shape", shape=shape, value=0, dtype="int64"))
+    return b.op("bitwise_and", b.op("mul", idx, _i64(b, _SPREAD)), _i64(b, MASK32))
+
+
 def keep_mask_ir(b: Builder, seed: Value, step: Value, key: int, shape: tuple[int, ...],
                  rate: float) -> Value:
     """The boolean keep-mask of one Dropout application as graph values."""
@@ -98,8 +118,7 @@ def keep_mask_ir(b: Builder, seed: Value, step: Value, key: int, shape: tuple[in
     s = _mix(b, b.op("bitwise_and", seed, low))
     s = _mix(b, _add_low(b, s, _i64(b, key)))
     s = _mix(b, _add_low(b, s, b.op("bitwise_and", step, low)))
-    idx = b.const(spread_indices(shape), name=b.fresh("element_index"))
-    h = _mix(b, _xor(b, idx, s))
+    h = _mix(b, _xor(b, _spread_index_ir(b, shape), s))
     return b.op("greater", h, _i64(b, threshold(rate) - 1))
 
 

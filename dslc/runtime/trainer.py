@@ -366,6 +366,7 @@ def train(
                 if not (math.isfinite(out["loss"]) and out.get(PROBE, 0.0) == 0.0):
                     _diverged(
                         model,
+                        state,
                         runner,
                         plan,
                         out,
@@ -514,6 +515,7 @@ def _finite(
 
 def _diverged(
     model: CheckedModel,
+    initial: Mapping[str, np.ndarray],
     runner: StepRunner,
     plan: _Plan,
     out: Mapping[str, float],
@@ -527,8 +529,11 @@ def _diverged(
     """Keep the last finite state in last.safetensors and raise where the divergence began."""
     new_state = runner.state()
     runner.rewind()  # the step's inputs are untouched in the other state set
-    finite = runner.state()
-    save_checkpoint(last_path, finite, meta)
+    finite = {**initial, **runner.state()}
+    # The probe covers parameters and buffers; slots that overflowed unseen since the last
+    # checkpoint leave that checkpoint in place.
+    if nonfinite_key(finite) is None:
+        save_checkpoint(last_path, finite, meta)
     if progress.tty:
         progress.message("")  # end the progress bar's line
     batch = {n: np.take(arrays[n], idx, axis=0) for n in arrays}
