@@ -138,3 +138,15 @@ def test_text_call_value_path_resolves_against_the_model_folder(tmp_path) -> Non
     spec = CallValue("text", ("corpus.txt",), (("seq_len", 5),))
     ds = load_dataset(spec, model, str(tmp_path))
     assert ds.arrays["chars"].shape[1] == 5
+
+
+def test_next_distribution_reads_probabilities_and_logits_alike() -> None:
+    from dslc.runtime.text import _next_distribution
+
+    logits = np.array([2.0, 0.5, -1.0])
+    probs = np.exp(logits) / np.exp(logits).sum()
+    from_logits = _next_distribution(logits, 0.5, probabilities=False)
+    from_probs = _next_distribution(probs, 0.5, probabilities=True)
+    np.testing.assert_allclose(from_logits, from_probs, rtol=1e-12)
+    expected = np.exp(logits / 0.5) / np.exp(logits / 0.5).sum()
+    np.testing.assert_allclose(from_logits, expected, rtol=1e-12)

@@ -121,11 +121,11 @@ def checkpoint_vocab(meta: Mapping[str, str]) -> str | None:
     return json.loads(raw) if raw else None
 
 
-def _next_distribution(out: np.ndarray, temperature: float) -> np.ndarray:
-    """Probabilities from the model's last-step output: probabilities or logits."""
+def _next_distribution(out: np.ndarray, temperature: float, probabilities: bool) -> np.ndarray:
+    """The next-character distribution from the last step's probabilities or logits."""
     v = out.astype(np.float64)
-    if np.all(v >= 0) and float(v.sum()) <= 1.0 + 1e-3:
-        v = np.log(np.maximum(v, 1e-30))  # already a softmax: back to logits
+    if probabilities:
+        v = np.log(np.maximum(v, 1e-30))  # back to logits, so the temperature applies
     v = v / temperature
     v = np.exp(v - v.max())
     return v / v.sum()
@@ -142,6 +142,7 @@ def sample_text(
     length: int,
     temperature: float,
     seed: int,
+    probabilities: bool = False,
 ) -> str:
     """`length` characters after `prime`, each drawn from the model's next-character output.
 
@@ -161,7 +162,7 @@ def sample_text(
                 f"[T, C] with C >= {len(vocab)} (a score per character of the vocabulary)"
             )
         # Classes past the vocabulary (a model sized with room to spare) are never drawn.
-        p = _next_distribution(out[0, -1, : len(vocab)], temperature)
+        p = _next_distribution(out[0, -1, : len(vocab)], temperature, probabilities)
         ids.append(int(rng.choice(len(p), p=p)))
     return decode(np.asarray(ids), vocab)
 
@@ -212,5 +213,14 @@ def sample(
     return sample_text(
         session, vocab, input_name=model.inputs[0].name, output_name=outputs[0].name,
         context=_text_seq_len(model), prime=prime, length=length, temperature=temperature,
-        seed=seed,
+        seed=seed, probabilities=_is_softmax_output(model, outputs[0].name),
     )
+
+
+def _is_softmax_output(model: CheckedModel, name: str) -> bool:
+    """Whether the output `name` is declared as `softmax(...)`: probabilities, not logits."""
+    node_id = dict(model.outputs).get(name)
+    if node_id is None:
+        return False
+    node = model.nodes[node_id]
+    return node.op == "fn" and node.attrs.get("name") == "softmax"
