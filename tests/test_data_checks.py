@@ -83,10 +83,16 @@ def test_bad_data_is_one_line_before_any_step(tmp_path, capsys, arrays, pattern)
     assert not (run / "last.safetensors").exists()  # refused before the first step
 
 
-def test_good_data_trains(tmp_path, capsys):
+def test_good_data_trains_and_run_json_names_the_file(tmp_path, capsys):
+    import hashlib
+    import json
+
     (tmp_path / "tok.nn").write_text(MODEL)
     np.savez(tmp_path / "data.npz", **_good())
     assert main(["train", str(tmp_path / "tok.nn"), "--out", str(tmp_path / "r"), "--quiet"]) == 0
+    record = json.loads((tmp_path / "r" / "run.json").read_text())
+    digest = hashlib.sha256((tmp_path / "data.npz").read_bytes()).hexdigest()
+    assert record["data_files"] == {str(tmp_path / "data.npz"): digest}
 
 
 def test_a_separate_validation_file_is_checked_too(tmp_path, capsys):

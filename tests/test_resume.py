@@ -157,3 +157,49 @@ def test_resume_refuses_another_seed_or_batch_size(uninterrupted, tmp_path):
         proc = _train(nn, run, "--resume", *flags)
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 1 and message in err.decode()
+
+
+def test_checkpoint_writes_fsync_the_file_and_then_its_folder(tmp_path, monkeypatch):
+    import stat
+
+    from dslc.runtime import checkpoint
+
+    synced: list[str] = []
+    real = os.fsync
+
+    def spy(fd: int) -> None:
+        synced.append("dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real(fd)
+
+    monkeypatch.setattr(checkpoint.os, "fsync", spy)
+    tensors = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "step": np.array(4)}
+    checkpoint.save_checkpoint(str(tmp_path / "a.safetensors"), tensors, {"epoch": "1"})
+    assert synced == ["file", "dir"]
+    # Deterministic bytes: the same state and metadata give the same file.
+    checkpoint.save_checkpoint(str(tmp_path / "b.safetensors"), tensors, {"epoch": "1"})
+    assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
+    from safetensors.numpy import load_file
+
+    loaded = load_file(str(tmp_path / "a.safetensors"))
+    assert loaded["step"].shape == () and int(loaded["step"]) == 4
+    np.testing.assert_array_equal(loaded["w"], tensors["w"])
+
+
+def test_ctrl_c_mid_epoch_saves_the_position_and_the_epoch_so_far(uninterrupted, tmp_path):
+    import dslc.api as api
+
+    nn, full = uninterrupted
+    run = tmp_path / "interrupted"
+
+    def interrupt(info: dict) -> None:
+        if info["step"] == 130:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        api.train(str(nn), out=str(run), device="cpu", progress=False, on_step=interrupt)
+    tensors, meta = load_checkpoint(str(run / "last.safetensors"))
+    assert int(tensors["step"]) == 130 and (meta["epoch"], meta["position"]) == ("1", "40")
+    assert json.loads(meta["partial"])["seen"] == 40 * 16
+    api.train(str(nn), out=str(run), device="cpu", progress=False, resume=True)
+    assert (run / "last.safetensors").read_bytes() == (full / "last.safetensors").read_bytes()
+    assert _metrics(run) == _metrics(full)

@@ -1,11 +1,12 @@
 """Run records: `run.json`, the copy of the `.nn` file and `metrics.jsonl` in a RUN folder.
 
 `run.json` holds what is needed to repeat a run: the resolved settings
-(command-line overrides applied), sha256 digests of the model file and of the
-data as trained on, the versions of dslc, onnx, onnxruntime and numpy, the
-device, the seed and the command line. `metrics.jsonl` is appended one line per
-epoch and fsynced; on `--resume` the lines written after the checkpoint (a run
-killed between the two writes) are dropped, so no epoch appears twice.
+(command-line overrides applied), sha256 digests of the model file, of the
+data files and of the data arrays as trained on, the versions of dslc, onnx,
+onnxruntime and numpy, the device, the seed and the command line.
+`metrics.jsonl` is appended one line per epoch and fsynced; on `--resume` the
+lines written after the checkpoint (a run killed between the two writes) are
+dropped, so no epoch appears twice.
 """
 
 from __future__ import annotations
@@ -46,6 +47,17 @@ def sha256_arrays(arrays: Mapping[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
+def data_files(sources: Sequence[str]) -> dict[str, str]:
+    """sha256 of each data file behind the datasets' sources (`a.idx,b.idx` names two)."""
+    out: dict[str, str] = {}
+    for source in sources:
+        for part in source.split(","):
+            path = part.strip()
+            if path and os.path.isfile(path) and path not in out:
+                out[path] = sha256_file(path)
+    return out
+
+
 def versions() -> dict[str, str]:
     """Versions of the packages that decide a run's numbers."""
     import onnx
@@ -68,6 +80,7 @@ def write_run_record(
     settings: Mapping[str, Any],
     data_digests: Mapping[str, str],
     *,
+    data_sources: Sequence[str] = (),
     device: str,
     command: Sequence[str] | None,
     resume: bool,
@@ -91,6 +104,7 @@ def write_run_record(
         if model_file and os.path.isfile(model_file)
         else None,
         "data_sha256": dict(data_digests),
+        "data_files": data_files(data_sources),
         "settings": dict(settings),
         "seed": settings.get("seed"),
         "device": device,

@@ -292,6 +292,7 @@ def train(
         model.file,
         _settings(model, opts, plan, device),
         digests,
+        data_sources=[plan.train.source, *([plan.val.source] if plan.val is not None else [])],
         device=device,
         command=opts.command,
         resume=opts.resume,
