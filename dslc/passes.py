@@ -309,10 +309,86 @@ def reduce_to_matmul(graph: Graph) -> Graph:
     return _finish(graph, nodes, constants, {}, new_values)
 
 
+ELEMENTWISE = frozenset({
+    "add", "sub", "mul", "div", "max2", "min2", "pow", "neg", "exp", "log", "sqrt", "abs",
+    "tanh", "sigmoid", "relu", "erf", "sign", "reciprocal", "square", "leaky_relu", "elu",
+    "greater", "less", "equal", "cast", "where",
+})
+"""Ops that act on each element alone, so they commute with a transpose of all their inputs."""
+
+
+def _all_ones(v: Value) -> bool:
+    return all(isinstance(d, int) and d == 1 for d in v.shape)
+
+
+def sink_transposes(graph: Graph) -> Graph:
+    """Move a transpose below an elementwise op: op(transpose(a), ...) -> transpose(op(a, ...)).
+
+    Applies when every input is either a transpose by one common perm with the op's own
+    output shape, or a value of all-ones shape (a scalar, which broadcasts the same either
+    way), and each such transpose feeds only elementwise ops and transposes (so it dies once
+    they have moved too, and no copy is added). The transposes then meet the opposite ones
+    (channels-first and back between convolution and pooling, and their gradients), which
+    `simplify` cancels.
+    """
+    consumers = graph.consumers()
+    outputs = _output_names(graph)
+    taken = set(graph.values)
+    producer: dict[str, Node] = {}
+    new_values: dict[str, Value] = {}
+    nodes: list[Node] = []
+
+    def movable(name: str) -> bool:
+        return name not in outputs and all(
+            c.op in ELEMENTWISE or c.op == "transpose" for c in consumers.get(name, []))
+
+    for node in graph.nodes:
+        perm = _common_perm(graph, node, producer) if node.op in ELEMENTWISE else None
+        if perm is None or not all(movable(i) for i in node.inputs
+                                   if i in producer and producer[i].op == "transpose"):
+            nodes.append(node)
+            producer.update((o, node) for o in node.outputs)
+            continue
+        out = graph.values[node.outputs[0]]
+        inner_name = _fresh(taken, f"{out.name}.untransposed")
+        inv = tuple(int(i) for i in np.argsort(perm))
+        inner = Value(inner_name, out.dtype, tuple(out.shape[i] for i in inv))
+        new_values[inner_name] = inner
+        ins = tuple(producer[i].inputs[0] if i in producer and producer[i].op == "transpose"
+                    else i for i in node.inputs)
+        moved = replace(node, inputs=ins, outputs=(inner_name,))
+        after = Node("transpose", (inner_name,), node.outputs, (("perm", perm),))
+        nodes += [moved, after]
+        producer[inner_name] = moved
+        producer[out.name] = after
+    if not new_values:
+        return graph
+    return _finish(graph, nodes, dict(graph.constants), {}, new_values)
+
+
+def _common_perm(graph: Graph, node: Node, producer: Mapping[str, Node]) -> tuple | None:
+    """The perm shared by the node's transposed inputs, when the rest are all-ones values."""
+    out = graph.values[node.outputs[0]]
+    if len(node.outputs) != 1 or not all(isinstance(d, int) for d in out.shape):
+        return None
+    perm = None
+    for name in node.inputs:
+        v = graph.values[name]
+        src = producer.get(name)
+        if src is not None and src.op == "transpose" and tuple(v.shape) == tuple(out.shape):
+            p = tuple(src.attr("perm"))
+            if perm is not None and p != perm:
+                return None
+            perm = p
+        elif not _all_ones(v):
+            return None
+    return perm
+
+
 # ---------------------------------------------------------------- the pipeline
 
 PIPELINE: tuple[Callable[[Graph], Graph], ...] = (
-    simplify, fold_constants, cse, reduce_to_matmul, fuse_gemm, dce,
+    simplify, fold_constants, cse, sink_transposes, reduce_to_matmul, fuse_gemm, dce,
 )
 
 

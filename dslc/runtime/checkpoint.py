@@ -40,22 +40,7 @@ def save_checkpoint(
     power cut; a process killed at any moment leaves either the old or the new file.
     """
     meta = {"format": FORMAT, **{str(k): str(v) for k, v in metadata.items()}}
-    blob = serialize(tensors, meta)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; a run's files are as readable as any
-        os.replace(tmp, path)
-        fsync_dir(folder)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, serialize(tensors, meta))
 
 
 def fsync_dir(folder: str) -> None:
