@@ -77,8 +77,9 @@ def render(diag: Diagnostic, source: str | None = None) -> str:
             shown = text.expandtabs(1)
             width = max(1, (s.end_col - s.col) if s.end_line == s.line else len(shown) - s.col + 1)
             width = min(width, max(1, len(shown) - s.col + 1))
+            shown, col, width = _clip(shown, s.col, width)
             lines.append(f"    {shown}")
-            lines.append("    " + " " * (s.col - 1) + "^" + "~" * (width - 1))
+            lines.append("    " + " " * (col - 1) + "^" + "~" * (width - 1))
     if diag.hint:
         lines.append(f"hint: {diag.hint}")
     return "\n".join(lines)
@@ -91,6 +92,21 @@ def render_all(error: DslcError, sources: dict[str, str] | None = None) -> str:
     for d in error.diagnostics:
         out.append(render(d, sources.get(d.span.file) if d.span else None))
     return "\n".join(out)
+
+
+_SHOWN = 100  # longest source excerpt shown under a message
+
+
+def _clip(text: str, col: int, width: int) -> tuple[str, int, int]:
+    """A window of a long source line around `col`, marked with `...` where it is cut."""
+    if len(text) <= _SHOWN:
+        return text, col, width
+    start = max(0, min(col - 1 - _SHOWN // 2, len(text) - _SHOWN))
+    end = start + _SHOWN
+    head = "..." if start > 0 else ""
+    tail = "..." if end < len(text) else ""
+    new_col = col - start + len(head)
+    return head + text[start:end] + tail, new_col, max(1, min(width, end - (col - 1)))
 
 
 def _source_line(source: str | None, line: int) -> str | None:

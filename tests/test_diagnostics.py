@@ -546,3 +546,14 @@ def test_unknown_callees_in_an_unused_block():
 
 def test_parameter_too_large():
     one(body("z = x -> Dense(99999) -> Dense(99999)"), 4, 28, "would hold 9,999,800,001 values")
+
+
+def test_a_long_source_line_is_shown_as_a_window_around_the_caret() -> None:
+    from dslc.errors import Diagnostic, Span, render
+
+    line = "x" * 500 + "BAD" + "y" * 500
+    text = render(Diagnostic("oops", Span("f.nn", 1, 501, 1, 504)), line)
+    shown, caret = text.splitlines()[1:3]
+    assert len(shown) < 120 and shown.strip().startswith("...") and shown.endswith("...")
+    assert shown[caret.index("^") : caret.index("^") + 3] == "BAD"
+    assert caret.strip() == "^~~"
