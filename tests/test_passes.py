@@ -48,7 +48,7 @@ FEEDS = {
 }
 
 PASSES = [passes.fold_constants, passes.cse, passes.dce, passes.simplify, passes.fuse_gemm,
-          passes.reduce_to_matmul, passes.optimise]
+          passes.reduce_to_matmul, passes.sink_transposes, passes.optimise]
 
 
 @pytest.mark.parametrize("p", PASSES, ids=lambda p: p.__name__)
@@ -159,3 +159,44 @@ def test_momentum_update_fuses_into_gemm(scaled: bool) -> None:
     feeds = {n.name: rng.standard_normal([int(d) for d in n.shape]) for n in g.inputs}
     np.testing.assert_allclose(interp.run(out, feeds)["v.next"], interp.run(g, feeds)["v.next"],
                                rtol=1e-12)
+
+
+def _layout_round_trip() -> Graph:
+    """Channels-last data made channels-first for a relu, then channels-last again, with the
+    relu's gradient: the pattern between an im2col convolution and a pooling layer."""
+    b = Builder("layout", "float64")
+    a = b.input("a", "float64", (2, 3, 4, 5))
+    g = b.input("g", "float64", (2, 3, 4, 5))
+    first = b.op("transpose", a, perm=(0, 3, 1, 2))
+    y = b.op("relu", first)
+    back = b.op("transpose", y, perm=(0, 2, 3, 1))
+    b.output(b.op("mul", back, b.const(2.0), name="y"))
+    dy = b.op("transpose", g, perm=(0, 3, 1, 2))
+    mask = b.op("cast", b.op("greater", first, b.const(0.0)), to="float64")
+    b.output(b.op("transpose", b.op("mul", dy, mask), perm=(0, 2, 3, 1), name="dx"))
+    return b.build()
+
+
+def test_sink_transposes_cancels_layout_round_trips() -> None:
+    g = _layout_round_trip()
+    out = passes.optimise(g)
+    verify(out)
+    assert _ops(out)["transpose"] == 0
+    rng = np.random.default_rng(5)
+    feeds = {v.name: rng.standard_normal([int(d) for d in v.shape]) for v in g.inputs}
+    want, got = interp.run(g, feeds), interp.run(out, feeds)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k])
+
+
+def test_sink_transposes_leaves_shared_or_mixed_transposes() -> None:
+    b = Builder("kept", "float64")
+    a = b.input("a", "float64", (2, 3))
+    c = b.input("c", "float64", (3, 2))
+    t = b.op("transpose", a, perm=(1, 0))
+    b.output(b.op("exp", t, name="e"))
+    b.output(b.op("reshape", t, shape=(6,), name="flat"))  # a non-elementwise reader of t
+    b.output(b.op("add", b.op("transpose", b.input("d", "float64", (2, 3)), perm=(1, 0)), c,
+                  name="mixed"))  # c is not transposed and not a scalar
+    g = b.build()
+    assert passes.sink_transposes(g).nodes == g.nodes
