@@ -169,6 +169,48 @@ def test_pools_match_torch_semantics_and_differentiate(kind, k, s, p, xs) -> Non
     _fd_check(b, res.value, [x], feeds)
 
 
+def _first_max_grad(x: np.ndarray, k: tuple, dy: np.ndarray) -> np.ndarray:
+    """PyTorch's max-pool gradient for stride = kernel: dy goes to each window's first maximum."""
+    dx = np.zeros_like(x)
+    for o in np.ndindex(*dy.shape):
+        n, c, pos = o[0], o[1], o[2:]
+        starts = [p * kk for p, kk in zip(pos, k, strict=True)]
+        win = x[(n, c, *(slice(s0, s0 + kk) for s0, kk in zip(starts, k, strict=True)))]
+        at = np.unravel_index(int(np.argmax(win)), win.shape)  # argmax: the first maximum
+        dx[(n, c, *(s0 + a for s0, a in zip(starts, at, strict=True)))] += dy[o]
+    return dx
+
+
+@pytest.mark.parametrize(("k", "xs"), [((2, 2), (2, 3, 5, 7)), ((3, 2), (1, 2, 6, 4)),
+                                       ((3,), (2, 2, 8)), ((1, 2), (1, 1, 3, 4))])
+def test_disjoint_max_pool_training_sends_ties_to_the_first_maximum(k, xs) -> None:
+    """stride = kernel in a training step: no max_pool node, and ties resolved as PyTorch."""
+    args = {"kernel": k, "stride": k, "padding": (0,) * len(k)}
+    b, x, _, res = _lower("MaxPool", args, xs, {})
+    y = res.value
+    dy = np.random.default_rng(6).standard_normal([int(d) for d in y.shape])
+    loss = b.op("reduce_sum", b.op("mul", y, b.const(dy)), axes=tuple(range(y.rank)), keepdims=0)
+    graph, grads = backward(b.build(), loss.name, ["x"])
+    assert "max_pool" not in {n.op for n in graph.nodes}
+    gb = Builder.from_graph(graph, "float64")
+    gb.outputs = []
+    gb.output(gb.values[y.name], name="y")
+    gb.output(gb.values[grads["x"]], name="dx")
+    xv = np.random.default_rng(7).integers(0, 3, xs).astype(np.float64)  # many ties
+    step = gb.build()
+    feeds = {"x": xv, "seed": np.array(0, np.int64), "step": np.array(0, np.int64)}
+    out = interp.run(step, feeds)
+    np.testing.assert_array_equal(out["y"], _pool_np(xv, k, k, (0,) * len(k), "max"))
+    np.testing.assert_array_equal(out["dx"], _first_max_grad(xv, k, dy))
+    sess = ort.InferenceSession(to_onnx(step).SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+    np.testing.assert_array_equal(sess.run(["dx"], {n: feeds[n] for n in names})[0], out["dx"])
+    for mode in ("eval", "infer"):
+        b, _, _, res = _lower("MaxPool", args, xs, {}, mode=mode)
+        assert "max_pool" in {n.op for n in b.build().nodes}
+
+
 def test_global_avg_pool_means_over_spatial_axes() -> None:
     b, x, _, res = _lower("GlobalAvgPool", {}, (2, 3, 4, 5), {})
     b.output(res.value, name="y")

@@ -24,6 +24,9 @@ from dslc.lower.layers import LayerCall, LayerResult, register_layer
 IM2COL = True
 """Lower ungrouped fixed-shape convolutions to im2col + GEMM (False: always the `conv` op)."""
 
+SUM_FIRST_AXIS = True
+"""In im2col, one GEMM per kernel offset of the first spatial axis, summed (False: one GEMM)."""
+
 
 def onnx_pads(pairs: tuple[tuple[int, int], ...]) -> tuple[int, ...]:
     """Per-dimension (begin, end) pairs as ONNX pads: every begin, then every end."""
@@ -64,24 +67,50 @@ def conv_im2col(b: Builder, x: Value, w: Value, bias: Value | None, stride: tupl
     # the kernel's shifts along that axis on the channel axis, so the cols' last axis is
     # (k1, ..., C) like the weight's [F, k1, ..., C], and each slice (whose gradient is a
     # pad) moves along one axis only.
+    summed = SUM_FIRST_AXIS and sp >= 2 and kernel[0] > 1
     cols = xt
-    for i in reversed(range(sp)):
+    for i in reversed(range(1 if summed else 0, sp)):
         if kernel[i] == 1 and stride[i] == 1 and int(cols.shape[1 + i]) == out[i]:
             continue
-        shifts = []
-        for k in range(kernel[i]):
-            start = k * dilation[i]
-            shifts.append(b.op("slice", cols, starts=(start,),
-                               ends=(start + stride[i] * (out[i] - 1) + 1,),
-                               axes=(1 + i,), steps=(stride[i],)))
+        shifts = [_shift(b, cols, i, k, dilation[i], stride[i], out[i]) for k in range(kernel[i])]
         cols = shifts[0] if len(shifts) == 1 else b.op("concat", *shifts, axis=sp + 1)
     rows = n * math.prod(out)
-    depth = c * math.prod(kernel)
-    cols = b.op("reshape", cols, shape=(rows, depth))
-    wmat = b.op("reshape", b.op("transpose", w, perm=last), shape=(f, depth))
-    y = b.op("gemm", cols, wmat, bias, trans_b=1)
+    wt = b.op("transpose", w, perm=last)
+    if summed:
+        y = _first_axis_gemms(b, cols, wt, bias, kernel[0], dilation[0], stride[0], out, rows)
+    else:
+        depth = c * math.prod(kernel)
+        cols = b.op("reshape", cols, shape=(rows, depth))
+        y = b.op("gemm", cols, b.op("reshape", wt, shape=(f, depth)), bias, trans_b=1)
     y = b.op("reshape", y, shape=(n, *out, f))
     return b.op("transpose", y, perm=(0, sp + 1, *range(1, sp + 1)))
+
+
+def _shift(b: Builder, cols: Value, axis: int, k: int, dilation: int, stride: int,
+           out: int) -> Value:
+    """The patches' values at kernel offset `k` of spatial `axis` (axis 1 + axis of cols)."""
+    start = k * dilation
+    return b.op("slice", cols, starts=(start,), ends=(start + stride * (out - 1) + 1,),
+                axes=(1 + axis,), steps=(stride,))
+
+
+def _first_axis_gemms(b: Builder, cols: Value, wt: Value, bias: Value | None, k0: int,
+                      dilation: int, stride: int, out: tuple[int, ...], rows: int) -> Value:
+    """sum over the first axis's kernel offsets of shift_k(cols) · W_k, one GEMM each.
+
+    Each GEMM adds the previous one's result through its C input. Against one GEMM over
+    every offset this leaves out the widest Concat of the patches (and the Split of its
+    gradient), which in ONNX Runtime cost more than the extra GEMM calls.
+    """
+    f = int(wt.shape[0])
+    depth = int(cols.shape[-1])
+    parts = b.op("split", b.op("reshape", wt, shape=(f, k0, depth)), axis=1, sizes=(1,) * k0)
+    y = bias
+    for k in range(k0):
+        patch = b.op("reshape", _shift(b, cols, 0, k, dilation, stride, out[0]),
+                     shape=(rows, depth))
+        y = b.op("gemm", patch, b.op("reshape", parts[k], shape=(f, depth)), y, trans_b=1)
+    return y
 
 
 register_layer("Conv1D")(_conv)
@@ -100,9 +129,23 @@ def lower_maxpool(call: LayerCall) -> LayerResult:
     x = call.x
     if (call.mode == "train" and stride == kernel and not any(pad)
             and all(isinstance(d, int) for d in x.shape)):
+        pre = _relu_input(call.b, x)
+        if pre is not None:
+            # max_pool(relu(x)) = relu(max_pool(x)), gradient included: where the window
+            # maximum is positive both pick its first position, and otherwise both give 0.
+            # The relu and its gradient then run on the pooled, k-times smaller tensor.
+            return LayerResult(call.b.op("relu", max_pool_disjoint(call.b, pre, kernel)))
         return LayerResult(max_pool_disjoint(call.b, x, kernel))
     y, _ = call.b.op("max_pool", x, kernel=kernel, strides=stride, pads=(*pad, *pad))
     return LayerResult(y)
+
+
+def _relu_input(b: Builder, x: Value) -> Value | None:
+    """The input of the relu that produced `x`, if a relu did (an unused relu is dropped later)."""
+    for node in reversed(b.nodes):
+        if x.name in node.outputs:
+            return b.values[node.inputs[0]] if node.op == "relu" else None
+    return None
 
 
 def max_pool_disjoint(b: Builder, x: Value, kernel: tuple[int, ...]) -> Value:
