@@ -13,6 +13,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+import dslc.lower.conv
 from dslc.autodiff import backward
 from dslc.check import check_source
 from dslc.check.model import CallValue, GNode, LayerInstance, TensorType
@@ -100,9 +101,16 @@ CONVS = [  # x shape, weight shape, stride, (begin, end) pads, dilation, groups
 ]
 
 
+@pytest.fixture(params=["one_gemm", "summed"])
+def first_axis(request, monkeypatch) -> str:
+    """Both im2col forms: one GEMM, or one GEMM per first-axis kernel offset, summed."""
+    monkeypatch.setattr(dslc.lower.conv, "SUM_MIN_DEPTH", 1 if request.param == "summed" else 10**9)
+    return request.param
+
+
 @pytest.mark.parametrize(("xs", "ws", "stride", "pads", "dil", "groups"), CONVS)
 def test_conv_lowering_matches_reference_and_differentiates(xs, ws, stride, pads, dil,
-                                                           groups) -> None:
+                                                           groups, first_axis) -> None:
     params = {"weight": ws, "bias": (ws[0],)}
     b, x, pv, res = _lower("Conv2D" if len(xs) == 4 else "Conv1D",
                            _conv_args(stride, pads, dil, groups), xs, params)
@@ -119,7 +127,7 @@ def test_conv_lowering_matches_reference_and_differentiates(xs, ws, stride, pads
     _fd_check(b, res.value, [x, *pv.values()], feeds)
 
 
-def test_im2col_emits_what_it_interprets() -> None:
+def test_im2col_emits_what_it_interprets(first_axis) -> None:
     b = Builder("c")
     x = b.input("x", "float32", (3, 2, 5, 6))
     w = b.input("w", "float32", (4, 2, 2, 3))

@@ -7,11 +7,17 @@ the rest after, as PyTorch). MaxPool pads with -inf; AvgPool counts padding
 then averaged over whole windows.
 
 An ungrouped convolution with fixed shapes (every training step) is lowered to
-channels-last patches (im2col from slices and concats) and one GEMM: in ONNX
+channels-last patches (im2col from slices and concats) and GEMMs: in ONNX
 Runtime this trains the digits CNN about 1.3× faster at batch 32 and at batch
 256 than the `conv` primitive, whose backward runs ConvTranspose and a Conv
 over the batch (docs/benchmarks.md, "CNN"). Grouped convolutions and graphs
 with a symbolic batch (the exported model) use the `conv` primitive (ONNX Conv).
+
+In a training step, MaxPool with disjoint windows (stride = kernel, no padding)
+is also channels-last and index-free (`max_pool_disjoint`); the layout changes
+between the two cancel in the optimiser, so consecutive convolutions, relus and
+pools stay channels-last. Other pools, and every pool in evaluation and
+inference graphs, use the `max_pool` primitive (ONNX MaxPool).
 """
 
 from __future__ import annotations
@@ -26,6 +32,9 @@ IM2COL = True
 
 SUM_FIRST_AXIS = True
 """In im2col, one GEMM per kernel offset of the first spatial axis, summed (False: one GEMM)."""
+
+SUM_MIN_DEPTH = 32
+"""The least patch depth per first-axis offset for which the summed GEMMs pay off."""
 
 
 def onnx_pads(pairs: tuple[tuple[int, int], ...]) -> tuple[int, ...]:
@@ -67,7 +76,8 @@ def conv_im2col(b: Builder, x: Value, w: Value, bias: Value | None, stride: tupl
     # the kernel's shifts along that axis on the channel axis, so the cols' last axis is
     # (k1, ..., C) like the weight's [F, k1, ..., C], and each slice (whose gradient is a
     # pad) moves along one axis only.
-    summed = SUM_FIRST_AXIS and sp >= 2 and kernel[0] > 1
+    summed = (SUM_FIRST_AXIS and sp >= 2 and kernel[0] > 1
+              and c * math.prod(kernel[1:]) >= SUM_MIN_DEPTH)
     cols = xt
     for i in reversed(range(1 if summed else 0, sp)):
         if kernel[i] == 1 and stride[i] == 1 and int(cols.shape[1 + i]) == out[i]:
