@@ -238,8 +238,10 @@ def fuse_gemm(graph: Graph) -> Graph:
     def private(name: str) -> bool:
         return name not in outputs and len(consumers.get(name, [])) == 1
 
-    fused: dict[str, Node] = {}  # add output -> gemm node
+    fused: dict[str, list[Node]] = {}  # add output -> the gemm (and its row reshape)
     absorbed: set[str] = set()  # outputs of nodes folded into a gemm
+    taken = set(graph.values)
+    new_values: dict[str, Value] = {}
     for node in graph.nodes:
         if node.op != "add":
             continue
@@ -247,17 +249,25 @@ def fuse_gemm(graph: Graph) -> Graph:
         for k in (0, 1):
             prod = producers.get(node.inputs[k])
             other = node.inputs[1 - k]
+            # A bias gradient is a [1, C] product reshaped to [C]: fuse through the reshape.
+            row = _row_product(graph, prod, producers) if prod is not None else None
+            if row is not None and private(prod.outputs[0]):
+                absorbed_reshape, prod = prod.outputs[0], row
+            else:
+                absorbed_reshape = None
             if (prod is None or prod.op not in ("matmul", "gemm") or not private(prod.outputs[0])
                     or prod.outputs[0] in absorbed or other in absorbed):
                 continue
             prod_v = graph.values[prod.outputs[0]]
             a, b = (graph.values[i] for i in prod.inputs[:2])
+            target = out if absorbed_reshape is None else Value(out.name, out.dtype, prod_v.shape)
             if (a.rank != 2 or b.rank != 2 or prod_v.dtype not in FLOAT_DTYPES
-                    or not _same_type(prod_v, out) or (prod.op == "gemm" and len(prod.inputs) > 2)):
+                    or not _same_type(prod_v, target)
+                    or (prod.op == "gemm" and len(prod.inputs) > 2)):
                 continue
             attrs = dict(prod.attrs) if prod.op == "gemm" else {}
             scaled = _scaled(graph, producers.get(other)) if private(other) else None
-            if scaled is not None and prod.op == "gemm":
+            if scaled is not None:
                 c, attrs["beta"] = scaled
             else:
                 c = other
@@ -269,16 +279,37 @@ def fuse_gemm(graph: Graph) -> Graph:
                 fits = False
             if not fits or cv.dtype != prod_v.dtype:
                 continue
-            fused[out.name] = Node("gemm", (prod.inputs[0], prod.inputs[1], c), node.outputs,
-                                   tuple(sorted(attrs.items())))
+            gemm_out = node.outputs
+            if absorbed_reshape is not None:
+                gemm_out = (_fresh(taken, f"{out.name}.row"),)
+                new_values[gemm_out[0]] = Value(gemm_out[0], out.dtype, prod_v.shape)
+                absorbed.add(absorbed_reshape)
+            gemm = Node("gemm", (prod.inputs[0], prod.inputs[1], c), gemm_out,
+                        tuple(sorted(attrs.items())))
+            fused[out.name] = [gemm] if absorbed_reshape is None else [gemm, Node(
+                "reshape", gemm_out, node.outputs,
+                (("shape", reshape_spec(out.shape, prod_v.shape)),))]
             absorbed.add(prod.outputs[0])
             if c != other:
                 absorbed.add(other)
             break
     if not fused:
         return graph
-    nodes = [fused.get(n.outputs[0], n) for n in graph.nodes if n.outputs[0] not in absorbed]
-    return _finish(graph, nodes, dict(graph.constants), {})
+    nodes = [m for n in graph.nodes if n.outputs[0] not in absorbed
+             for m in fused.get(n.outputs[0], [n])]
+    return _finish(graph, nodes, dict(graph.constants), {}, new_values)
+
+
+def _row_product(graph: Graph, node: Node, producers: Mapping[str, Node]) -> Node | None:
+    """The matmul/gemm under `reshape(product[1, C]) -> [C]`, else None."""
+    if node.op != "reshape":
+        return None
+    inner = producers.get(node.inputs[0])
+    src, dst = graph.values[node.inputs[0]], graph.values[node.outputs[0]]
+    if (inner is None or inner.op not in ("matmul", "gemm") or src.rank != 2
+            or src.shape[0] != 1 or tuple(dst.shape) != (src.shape[1],)):
+        return None
+    return inner
 
 
 def reduce_to_matmul(graph: Graph) -> Graph:

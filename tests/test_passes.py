@@ -161,6 +161,26 @@ def test_momentum_update_fuses_into_gemm(scaled: bool) -> None:
                                rtol=1e-12)
 
 
+@pytest.mark.parametrize("scaled", [True, False])
+def test_bias_momentum_update_fuses_through_the_row_reshape(scaled: bool) -> None:
+    b = Builder("bias", "float64")
+    dy = b.input("dy", "float64", (8, 3))
+    v = b.input("v", "float64", (3,))
+    grad = b.op("reduce_sum", dy, axes=(0,), keepdims=0)  # the bias gradient
+    kept = b.op("mul", v, b.const(0.9)) if scaled else v
+    b.output(b.op("add", kept, grad, name="v.next"))
+    g = passes.reduce_to_matmul(b.build())
+    out = passes.fuse_gemm(g)
+    verify(out)
+    assert [n.op for n in out.nodes] == ["gemm", "reshape"]
+    assert out.nodes[0].attr("beta", 1.0) == (0.9 if scaled else 1.0)
+    assert out.nodes[1].outputs == ("v.next",)
+    rng = np.random.default_rng(5)
+    feeds = {n.name: rng.standard_normal([int(d) for d in n.shape]) for n in g.inputs}
+    np.testing.assert_allclose(interp.run(out, feeds)["v.next"], interp.run(g, feeds)["v.next"],
+                               rtol=1e-12)
+
+
 def _layout_round_trip() -> Graph:
     """Channels-last data made channels-first for a relu, then channels-last again, with the
     relu's gradient: the pattern between an im2col convolution and a pooling layer."""
