@@ -418,8 +418,32 @@ def _common_perm(graph: Graph, node: Node, producer: Mapping[str, Node]) -> tupl
 
 # ---------------------------------------------------------------- the pipeline
 
+def name_outputs(graph: Graph) -> Graph:
+    """An output made by identity(x) is produced directly by x's node when nothing else reads x.
+
+    ONNX Runtime pays per node even for an identity; the output keeps its name.
+    """
+    outputs = _output_names(graph)
+    consumers = graph.consumers()
+    producers = graph.producers()
+    boundary = {v.name for v in graph.inputs} | set(graph.constants) | outputs
+    take: dict[str, str] = {}  # a producer's output -> the graph output it becomes
+    for node in graph.nodes:
+        src = node.inputs[0] if node.op == "identity" else None
+        if (src is not None and node.outputs[0] in outputs and src in producers
+                and src not in boundary and len(consumers.get(src, [])) == 1):
+            take[src] = node.outputs[0]
+    if not take:
+        return graph
+    taken = set(take.values())
+    nodes = [replace(n, outputs=tuple(take.get(o, o) for o in n.outputs))
+             for n in graph.nodes if not (n.op == "identity" and n.outputs[0] in taken)]
+    return _finish(graph, nodes, dict(graph.constants), {})
+
+
 PIPELINE: tuple[Callable[[Graph], Graph], ...] = (
-    simplify, fold_constants, cse, sink_transposes, reduce_to_matmul, fuse_gemm, dce,
+    simplify, fold_constants, cse, sink_transposes, reduce_to_matmul, fuse_gemm, name_outputs,
+    dce,
 )
 
 

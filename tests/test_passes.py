@@ -220,3 +220,24 @@ def test_sink_transposes_leaves_shared_or_mixed_transposes() -> None:
                   name="mixed"))  # c is not transposed and not a scalar
     g = b.build()
     assert passes.sink_transposes(g).nodes == g.nodes
+
+
+def test_an_output_identity_is_folded_into_its_producer() -> None:
+    b = Builder("named", "float64")
+    x = b.input("x", "float64", (4, 3))
+    total = b.op("reduce_mean", b.op("exp", x), axes=(0, 1), keepdims=0)
+    b.output(total, name="loss")
+    shared = b.op("exp", x, name="shared")
+    b.output(shared, name="out")  # `shared` has another reader: its identity stays
+    b.output(b.op("neg", shared))
+    g = b.build()
+    out = passes.name_outputs(g)
+    verify(out)
+    producers = out.producers()
+    assert producers["loss"].op == "reduce_mean"
+    assert producers["out"].op == "identity"
+    feeds = {"x": np.random.default_rng(6).standard_normal((4, 3))}
+    want, got = interp.run(g, feeds), interp.run(out, feeds)
+    assert want.keys() == got.keys()
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=0)
