@@ -157,6 +157,32 @@ def _merged_reshape(graph: Graph, node: Node, inner: Node, out: Value) -> Node:
     return replace(node, inputs=(src.name,), attrs=(("shape", spec),))
 
 
+def _zeros(graph: Graph, name: str, producer: Node | None) -> bool:
+    if producer is not None and producer.op == "constant_of_shape":
+        return float(producer.attr("value", 0.0)) == 0.0
+    return _is_const(graph, name, 0.0)
+
+
+def _sum_of_scatter(graph: Graph, node: Node, producer: Mapping[str, Node],
+                    out: Value) -> str | None:
+    """reduce_sum along `axis` of scatter_add(zeros, idx, upd) with one index per row is upd.
+
+    This is the gradient of gather_elements (cross-entropy's label pick) summed by
+    log_softmax's gradient: each row holds exactly the one scattered update.
+    """
+    inner = producer.get(node.inputs[0])
+    if inner is None or inner.op != "scatter_add" or not node.attr("keepdims", 1):
+        return None
+    base, idx, upd = inner.inputs
+    axis = inner.attr("axis", 0)
+    rank = graph.values[base].rank
+    axes = tuple(a % rank for a in node.attr("axes", ()))
+    if (axes != (axis % rank,) or graph.values[idx].shape[axis] != 1
+            or not _same_type(graph.values[upd], out)):
+        return None
+    return upd if _zeros(graph, base, producer.get(base)) else None
+
+
 def simplify(graph: Graph) -> Graph:
     """Algebra: x*1, x/1, x+0, x-0, identities, reshape chains, transpose chains."""
     outputs = _output_names(graph)
@@ -191,6 +217,8 @@ def simplify(graph: Graph) -> Graph:
                 target = ins[0]
             elif inner is not None and inner.op == "reshape":
                 node = _merged_reshape(graph, node, inner, out)
+        elif node.op == "reduce_sum":
+            target = _sum_of_scatter(graph, node, producer, out)
         elif node.op == "transpose":
             perm = tuple(node.attr("perm"))
             inner = producer.get(ins[0])

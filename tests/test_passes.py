@@ -241,3 +241,22 @@ def test_an_output_identity_is_folded_into_its_producer() -> None:
     assert want.keys() == got.keys()
     for k in want:
         np.testing.assert_allclose(got[k], want[k], rtol=0)
+
+
+def test_sum_of_a_one_per_row_scatter_into_zeros_is_the_update() -> None:
+    b = Builder("pick", "float64")
+    logits = b.input("logits", "float64", (5, 4))
+    label = b.input("label", "int64", (5, 1))
+    upd = b.input("upd", "float64", (5, 1))
+    zeros = b.op("constant_of_shape", shape=(5, 4), value=0.0, dtype="float64")
+    scattered = b.op("scatter_add", zeros, label, upd, axis=1)
+    b.output(b.op("mul", logits, b.op("reduce_sum", scattered, axes=(1,), keepdims=1)))
+    g = b.build()
+    out = passes.simplify(g)
+    verify(out)
+    assert "reduce_sum" not in [n.op for n in out.nodes]
+    rng = np.random.default_rng(7)
+    feeds = {"logits": rng.standard_normal((5, 4)), "label": rng.integers(0, 4, (5, 1)),
+             "upd": rng.standard_normal((5, 1))}
+    name = g.outputs[0].name
+    np.testing.assert_allclose(interp.run(out, feeds)[name], interp.run(g, feeds)[name], rtol=0)
