@@ -21,7 +21,14 @@ import numpy as np
 from dslc.check.model import CheckedModel
 from dslc.errors import DslcError
 from dslc.runtime.checkpoint import load_checkpoint, model_state, save_checkpoint
-from dslc.runtime.data import Dataset, label_classes, load_dataset, symbolic_dims
+from dslc.runtime.data import (
+    Dataset,
+    label_classes,
+    load_dataset,
+    model_dir,
+    symbolic_dims,
+    validation_count,
+)
 from dslc.runtime.gradcheck import GradRow
 from dslc.runtime.gradcheck import gradcheck as _gradcheck
 from dslc.runtime.guard import TrainingDiverged
@@ -69,14 +76,10 @@ def _model(model: CheckedModel | str) -> CheckedModel:
     return load(model) if isinstance(model, str) else model
 
 
-def _base_dir(model: CheckedModel) -> str:
-    return os.path.dirname(os.path.abspath(model.file)) if model.file else os.getcwd()
-
-
 def load_data(model: CheckedModel | str, data: str | None = None) -> Dataset:
     """The dataset `data` (default: the train block's) bound to the model's inputs and targets."""
     m = _model(model)
-    return load_dataset(data or m.train.data, m, _base_dir(m))
+    return load_dataset(data or m.train.data, m, model_dir(m))
 
 
 def compile(model: CheckedModel | str, out_dir: str, *, seed: int | None = None) -> dict[str, str]:
@@ -99,7 +102,7 @@ def compile(model: CheckedModel | str, out_dir: str, *, seed: int | None = None)
         dims = symbolic_dims(data, m)
         n = len(data)
         if not isinstance(cfg.validation, str):
-            n -= min(max(int(round(n * float(cfg.validation))), 1), n - 1) if cfg.validation else 0
+            n -= validation_count(n, float(cfg.validation)) if cfg.validation else 0
         total_steps = cfg.epochs * math.ceil(n / min(cfg.batch_size, n))
     except DslcError:
         pass  # no data at hand: the graphs stand alone, the schedule counts one step per epoch

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import traceback
@@ -173,7 +174,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model = load(args.file)
     metrics = evaluate(model, args.checkpoint, args.data, device=args.device)
     if args.json:
-        print(json.dumps(metrics))
+        # A non-finite value is null, as in metrics.jsonl: NaN is not JSON.
+        print(json.dumps({k: v if math.isfinite(v) else None for k, v in metrics.items()}))
         return EXIT_OK
     for k, v in metrics.items():
         print(f"{k}: {_num(v)}")
@@ -272,6 +274,15 @@ def _sources(err: DslcError, main_file: str | None) -> dict[str, str]:
     return out
 
 
+def _os_error(e: OSError) -> str:
+    """One line for a failed file operation: the path the user gave, then the reason."""
+    path = e.filename2 if e.filename2 is not None else e.filename  # a rename's target
+    reason = e.strerror or str(e)
+    if isinstance(e, FileExistsError) and path is not None and not os.path.isdir(path):
+        reason = "is a file, where a folder is needed"  # os.makedirs met a file on the way
+    return f"{path}: {reason}" if path is not None else reason
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (the console script exits with it)."""
     parser = build_parser()
@@ -288,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ndslc: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except OSError as e:  # a path the user gave: an unwritable --out, a file where a folder goes
+        print(f"error: {_os_error(e)}", file=sys.stderr)
+        return EXIT_ERROR
     except RecursionError:
         print("error: the model is nested too deeply to process", file=sys.stderr)
         return EXIT_ERROR

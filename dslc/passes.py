@@ -20,6 +20,17 @@ from dslc.ir.ops._common import broadcast, reshape_spec
 FOLD_LIMIT = 1024  # folded results larger than this many elements stay as nodes
 
 
+def _renamed(names: tuple[str, ...], rename: Mapping[str, str]) -> tuple[str, ...]:
+    """`names` with each renamed value followed to its final name (empty optional slots kept)."""
+
+    def final(name: str) -> str:
+        while name in rename:
+            name = rename[name]
+        return name
+
+    return tuple(final(n) if n else n for n in names)
+
+
 def _finish(graph: Graph, nodes: list[Node], constants: Mapping[str, np.ndarray],
             rename: Mapping[str, str], new_values: Mapping[str, Value] | None = None) -> Graph:
     """Rebuild `graph` from `nodes` and `constants`, replacing uses of each renamed value.
@@ -27,17 +38,11 @@ def _finish(graph: Graph, nodes: list[Node], constants: Mapping[str, np.ndarray]
     A renamed value that is a graph output is re-created by an identity so the
     outputs keep their names.
     """
-
-    def resolve(name: str) -> str:
-        while name in rename:
-            name = rename[name]
-        return name
-
-    out = [replace(n, inputs=tuple(resolve(i) if i else i for i in n.inputs)) for n in nodes]
+    out = [replace(n, inputs=_renamed(n.inputs, rename)) for n in nodes]
     defined = {o for n in out for o in n.outputs}
     for v in graph.outputs:
         if v.name in rename and v.name not in defined:
-            out.append(Node("identity", (resolve(v.name),), (v.name,)))
+            out.append(Node("identity", _renamed((v.name,), rename), (v.name,)))
             defined.add(v.name)
     table = {**graph.values, **(new_values or {})}
     names = {v.name for v in graph.inputs} | set(constants) | {o for n in out for o in n.outputs}
@@ -111,15 +116,10 @@ def cse(graph: Graph) -> Graph:
             seen_const[key] = name
             constants[name] = arr
 
-    def resolve(name: str) -> str:
-        while name in rename:
-            name = rename[name]
-        return name
-
     seen: dict[tuple, Node] = {}
     nodes: list[Node] = []
     for node in graph.nodes:
-        key = (node.op, tuple(resolve(i) if i else i for i in node.inputs), node.attrs)
+        key = (node.op, _renamed(node.inputs, rename), node.attrs)
         first = seen.get(key)
         if first is not None:
             rename.update(zip(node.outputs, first.outputs, strict=True))
@@ -190,13 +190,8 @@ def simplify(graph: Graph) -> Graph:
     rename: dict[str, str] = {}
     nodes: list[Node] = []
 
-    def resolve(name: str) -> str:
-        while name in rename:
-            name = rename[name]
-        return name
-
     for node in graph.nodes:
-        node = replace(node, inputs=tuple(resolve(i) if i else i for i in node.inputs))
+        node = replace(node, inputs=_renamed(node.inputs, rename))
         out = graph.values[node.outputs[0]]
         ins = node.inputs
         keep_name = out.name in outputs

@@ -145,7 +145,57 @@ def test_init_name_and_shape_errors(tmp_path, edit, pattern):
         load_init(path, MODEL)
 
 
+def test_bfloat16_and_integer_parameters_become_float32(tmp_path):
+    # torch's `model.bfloat16().state_dict()`, or a parameter saved as integers.
+    import ml_dtypes
+
+    state = full_state()
+    weight = np.arange(6, dtype=np.float32).reshape(3, 2)
+    state["dense_1.weight"] = weight.astype(ml_dtypes.bfloat16)
+    state["dense_1.bias"] = np.array([1, 2, 3], np.int64)
+    path = str(tmp_path / "c.safetensors")
+    save_checkpoint(path, state, {})
+    got = load_init(path, MODEL)
+    assert got["dense_1.weight"].dtype == np.float32 and got["dense_1.bias"].dtype == np.float32
+    assert got["dense_1.weight"].tolist() == [[0, 1], [2, 3], [4, 5]]
+    assert got["dense_1.bias"].tolist() == [1, 2, 3]
+
+
 def test_model_state_converts_float_dtype():
     state = full_state()
     state["dense_1.weight"] = state["dense_1.weight"].astype(np.float64)
     assert model_state(MODEL, state, "x")["dense_1.weight"].dtype == np.float32
+
+
+def test_init_from_a_torch_state_dict_maps_its_extra_names(tmp_path):
+    # torch's BatchNorm counter is dropped; torch's `_l0` recurrent names are §6's.
+    model = model_with(
+        {
+            "bn.weight": ((3,), True),
+            "bn.running_mean": ((3,), False),
+            "rnn.weight_ih": ((4, 2), True),
+            "rnn.bias_hh_reverse": ((4,), True),
+        }
+    )
+    torch_state = {
+        "bn.weight": np.ones(3, np.float32),
+        "bn.running_mean": np.full(3, 0.5, np.float32),
+        "bn.num_batches_tracked": np.array(7, np.int64),
+        "rnn.weight_ih_l0": np.full((4, 2), 2.0, np.float32),
+        "rnn.bias_hh_l0_reverse": np.full(4, 3.0, np.float32),
+    }
+    path = str(tmp_path / "torch.safetensors")
+    save_checkpoint(path, torch_state, {})
+    got = load_init(path, model)
+    assert set(got) == {"bn.weight", "bn.running_mean", "rnn.weight_ih", "rnn.bias_hh_reverse"}
+    assert got["rnn.weight_ih"].tolist() == [[2.0, 2.0]] * 4
+    assert got["rnn.bias_hh_reverse"].tolist() == [3.0] * 4
+
+
+def test_torch_names_without_a_model_counterpart_stay_errors(tmp_path):
+    # A counter without a BatchNorm, or a second torch layer (`_l1`), is still reported.
+    path = str(tmp_path / "c.safetensors")
+    for extra in ("dense_1.num_batches_tracked", "dense_1.weight_ih_l1"):
+        save_checkpoint(path, {**full_state(), extra: np.zeros((), np.int64)}, {})
+        with pytest.raises(DslcError, match=f"checkpoint has `{extra}`"):
+            load_init(path, MODEL)

@@ -194,6 +194,27 @@ def test_data_errors_exit_1(capsys, tiny, tmp_path):
     assert code == 1 and "missing key `label`" in err
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("train", "--steps", "1", "--out", "{file}"),
+        ("train", "--steps", "1", "--out", "{file}/run"),
+        ("compile", "-o", "{file}"),
+        ("export", "-o", "{file}/model.onnx"),
+        ("export", "-o", "{folder}"),
+    ],
+    ids=["train-out-is-a-file", "train-out-under-a-file", "compile", "export", "export-to-folder"],
+)
+def test_an_unwritable_output_path_is_a_one_line_error(capsys, tiny, tmp_path, argv):
+    in_the_way = tmp_path / "a_file"
+    in_the_way.write_text("not a folder")
+    args = [a.format(file=in_the_way, folder=tmp_path) for a in argv]
+    code, _, err = run(capsys, args[0], tiny, *args[1:])
+    assert code == 1
+    assert "internal error" not in err and "Traceback" not in err
+    assert str(in_the_way if "{file}" in " ".join(argv) else tmp_path) in err, err
+
+
 def test_early_stopping_restores_and_stops(capsys, tmp_path):
     path = tmp_path / "es.nn"
     es = "early_stopping = EarlyStopping(monitor = val_loss, patience = 1, min_delta = 100)"
@@ -240,6 +261,19 @@ def test_eval_and_export(capsys, tiny, tmp_path):
     assert probs.shape == (5, 10)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(sess.run(None, {"image": x[:1]})[0], probs[:1], rtol=1e-5)
+
+
+def test_eval_json_writes_a_non_finite_metric_as_null(capsys, tiny, tmp_path):
+    out_dir = str(tmp_path / "r")
+    assert run(capsys, "train", tiny, "--steps", "1", "--out", out_dir, "--quiet")[0] == 0
+    tensors, meta = load_checkpoint(str(tmp_path / "r" / "final.safetensors"))
+    tensors["head.bias"] = np.full_like(tensors["head.bias"], np.nan)
+    ckpt = str(tmp_path / "nan.safetensors")
+    save_checkpoint(ckpt, tensors, meta)
+    code, out, err = run(capsys, "eval", tiny, "--checkpoint", ckpt, "--json")
+    assert code == 0, err
+    metrics = json.loads(out, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+    assert metrics["loss"] is None and isinstance(metrics["accuracy"], float)
 
 
 def test_compile_writes_the_graphs(capsys, tiny, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import os
 import struct
 
 import numpy as np
@@ -144,6 +145,24 @@ def test_not_an_npz_and_not_found(tmp_path):
         load_dataset("a.dat", make_model(), str(tmp_path))
 
 
+def test_npz_extra_keys_are_not_read(tmp_path):
+    # An object array under a key the model does not use (class names, say) is ignored.
+    path = tmp_path / "d.npz"
+    names = np.array([{"0": "cat"}], dtype=object)
+    np.savez(path, x=np.zeros((2, 4)), y=np.zeros(2, int), names=names)
+    assert set(load_dataset(str(path), make_model(), str(tmp_path)).arrays) == {"x", "y"}
+    np.savez(path, x=np.zeros((2, 4)), names=names)
+    with pytest.raises(DslcError, match=r"missing key `y` \(the file has: names, x\)"):
+        load_dataset(str(path), make_model(), str(tmp_path))
+
+
+def test_an_npy_file_named_npz_is_a_one_line_error(tmp_path):
+    np.save(tmp_path / "a.npy", np.zeros((3, 4)))
+    os.replace(tmp_path / "a.npy", tmp_path / "d.npz")
+    with pytest.raises(DslcError, match=r"d\.npz: cannot read \.npz file \(not a zip archive\)"):
+        load_dataset("d.npz", make_model(), str(tmp_path))
+
+
 def test_relative_paths_resolve_against_base_dir_then_cwd(tmp_path, monkeypatch):
     base, cwd = tmp_path / "models", tmp_path / "work"
     base.mkdir()
@@ -230,6 +249,15 @@ def test_digits_without_targets_and_shape_errors():
         load_dataset("digits", make_model(x_shape=(64,), classes=3), ".")
     with pytest.raises(DslcError, match="expected the target to be int"):
         load_dataset("digits", make_model(x_shape=(64,), y_type=TensorType("float32", (2,))), ".")
+
+
+def test_digits_refuses_an_int_input():
+    # The pixels are fractions: an `int[64]` input must not receive them (nor crash the step).
+    model = make_model(x_shape=(64,), classes=10)
+    x = dataclasses.replace(model.inputs[0], type=TensorType("int64", (64,)))
+    model = dataclasses.replace(model, inputs=(x,))
+    with pytest.raises(DslcError, match=r"digits: key `x`: expected int values for int\[64\]"):
+        load_dataset("digits", model, ".")
 
 
 # ---------------------------------------------------------------- IDX

@@ -414,7 +414,7 @@ def test_unknown_optimiser():
 
 
 def test_unknown_optimiser_option():
-    one(train("optimizer = Adam(learning_rate = 1e-3)"), 9, 15, "`Adam` has no argument")
+    one(train("optimizer = Adam(learning_rate = 1e-3)"), 9, 20, "`Adam` has no argument")
 
 
 def test_nesterov_without_momentum():
@@ -454,7 +454,7 @@ def test_early_stopping_monitor_must_be_reported():
 
 
 def test_early_stopping_bad_mode():
-    one(train("early_stopping = EarlyStopping(mode = up)"), 9, 20, "`mode` of `EarlyStopping`")
+    one(train("early_stopping = EarlyStopping(mode = up)"), 9, 41, "`mode` of `EarlyStopping`")
 
 
 # ---------------------------------------------------------------- several errors at once
@@ -557,3 +557,42 @@ def test_a_long_source_line_is_shown_as_a_window_around_the_caret() -> None:
     assert len(shown) < 120 and shown.strip().startswith("...") and shown.endswith("...")
     assert shown[caret.index("^") : caret.index("^") + 3] == "BAD"
     assert caret.strip() == "^~~"
+
+
+# ---------------------------------------------------------------- names the step graphs use
+
+
+@pytest.mark.parametrize("name", ["step", "seed", "lr", "loss"])
+def test_input_named_like_a_training_step_value(name: str):
+    src = f"model M {{\n  input {name}: float[4]\n  output z = {name}\n}}\n"
+    one(src, 2, 9, f"`{name}` cannot name an input", "reserved: loss, lr, seed, step")
+
+
+def test_target_named_like_a_training_step_value():
+    one("model M {\n  input x: float[4]\n  target seed: int[]\n}\n", 3, 10,
+        "`seed` cannot name a target")
+
+
+def test_output_named_loss():
+    one(body("output loss = x"), 4, 10, "`loss` cannot name an output: it names the loss")
+
+
+def test_metric_named_like_an_output():
+    src = body("output mse = x", "metric mse(x, x)")
+    one(src, 5, 10, "`mse` cannot name a metric: it names an output", "line 4")
+
+
+def test_output_named_like_a_metric():
+    src = body("logits = x -> Dense(10)", "metric acc = accuracy(logits, y)", "output acc = logits")
+    one(src, 6, 10, "`acc` cannot name an output: it names a metric")
+
+
+def test_value_hiding_a_function_says_so():
+    src = body("logits = x -> Dense(10)", "accuracy = logits", "metric accuracy(logits, y)")
+    one(src, 6, 10, "`accuracy` cannot be called", "value defined at line 5")
+
+
+def test_reshape_moving_two_symbolic_sizes():
+    """Evaluation and inference graphs could not infer both sizes (one ONNX Reshape -1)."""
+    src = "model M {\n  input x: float[T, U]\n  output h = reshape(x, (U, T))\n}\n"
+    one(src, 3, 14, "moves the symbolic sizes `U`, `T`", "transpose")

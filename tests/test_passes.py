@@ -260,3 +260,68 @@ def test_sum_of_a_one_per_row_scatter_into_zeros_is_the_update() -> None:
              "upd": rng.standard_normal((5, 1))}
     name = g.outputs[0].name
     np.testing.assert_allclose(interp.run(out, feeds)[name], interp.run(g, feeds)[name], rtol=0)
+
+
+def _random_graph(seed: int) -> Graph:
+    """A random float64 graph of the ops the passes rewrite: units, transposes, reshapes,
+    products with biases, batch sums and scalings, with some values read several times."""
+    rng = np.random.default_rng(seed)
+    b = Builder(f"random_{seed}", "float64")
+    vals = [b.input("x", "float64", (3, 4)), b.input("y", "float64", (4, 3)),
+            b.input("z", "float64", (3,))]
+
+    def pick(fits=lambda v: True):
+        cands = [v for v in vals if fits(v)]
+        return cands[rng.integers(len(cands))] if cands else None
+
+    for _ in range(int(rng.integers(3, 20))):
+        a = pick()
+        kind = int(rng.integers(9))
+        if kind == 0:  # a unit or a scale, either side: x*1, 0+x, x-0, 2.5*x
+            op = ("add", "sub", "mul")[int(rng.integers(3))]
+            value = (0.0 if op != "mul" else 1.0) if rng.random() < 0.7 else float(rng.normal())
+            k = b.const(np.full(a.shape, value) if rng.random() < 0.5 else value)
+            v = b.op(op, *((a, k) if op == "sub" or rng.random() < 0.5 else (k, a)))
+        elif kind == 1:
+            v = b.op(("identity", "tanh", "relu", "neg")[int(rng.integers(4))], a)
+        elif kind == 2 and a.rank == 2:
+            v = b.op("transpose", a, perm=(1, 0))
+        elif kind == 3:
+            n = int(np.prod(a.shape))
+            v = b.op("reshape", a, shape=((n,), (1, n), (n // 2, 2) if n % 2 == 0 else (n, 1))[
+                int(rng.integers(3))])
+        elif kind == 4 and a.rank == 2 and (w := pick(
+                lambda u, a=a: u.rank == 2 and u.shape[0] == a.shape[1])) is not None:
+            v = b.op("matmul", a, w)
+        elif kind == 5 and a.rank == 2:
+            v = b.op("reduce_sum", a, axes=(0,), keepdims=int(rng.integers(2)))
+        elif kind == 6 and a.rank == 2 and (c := pick(
+                lambda u, a=a: u.rank == 1 and u.shape[0] == a.shape[1])) is not None:
+            v = b.op("add", *((a, c) if rng.random() < 0.5 else (c, a)))
+        elif kind == 7 and (o := pick(lambda u, a=a: u.shape == a.shape)) is not None:
+            v = b.op(("add", "sub", "mul")[int(rng.integers(3))], a, o)
+        elif kind == 8 and a.rank == 2 and a.shape[1] == 4:  # a dense layer: x @ y + bias
+            bias = b.op("mul", pick(lambda u: u.shape == (3,)), b.const(float(rng.normal())))
+            v = b.op("add", b.op("matmul", a, vals[1]), bias)
+        else:
+            continue
+        vals.append(v)
+    for i in range(int(rng.integers(1, 4))):
+        b.output(pick(), name=f"out{i}")
+    return b.build()
+
+
+@pytest.mark.parametrize("p", PASSES, ids=lambda p: p.__name__)
+def test_passes_keep_the_results_of_random_graphs(p) -> None:
+    rng = np.random.default_rng(8)
+    feeds = {"x": rng.standard_normal((3, 4)), "y": rng.standard_normal((4, 3)),
+             "z": rng.standard_normal(3)}
+    for seed in range(60):
+        g = _random_graph(seed)
+        out = p(g)
+        verify(out)
+        assert out.inputs == g.inputs and out.outputs == g.outputs
+        want, got = interp.run(g, feeds), interp.run(out, feeds)
+        for k in want:
+            np.testing.assert_allclose(got[k], want[k], rtol=1e-12, atol=1e-12,
+                                       err_msg=f"{p.__name__} on graph {seed}, output {k}")

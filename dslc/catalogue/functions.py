@@ -186,6 +186,16 @@ def _reshape_infer(ts, opts, span):
         target = tuple(fixed_in // fixed_out if d == -1 else d for d in target)
     elif sym_in != sym_out or fixed_in != fixed_out:
         raise bad
+    # Graphs with free symbolic sizes (evaluation, inference) copy a symbolic size that keeps
+    # its position and infer the one that moves (ONNX Reshape's 0 and -1), so one may move.
+    moved = [d for i, d in enumerate(target) if isinstance(d, str) and d not in t.shape[i : i + 1]]
+    if len(moved) > 1:
+        raise DslcError(
+            f"`reshape` from {show_shape(t.shape)} to {show_shape(target)} moves the symbolic "
+            f"sizes {', '.join(f'`{d}`' for d in moved)}; at most one may change position",
+            span,
+            "reorder axes with transpose(perm = ...) instead",
+        )
     return dict(opts, shape=target), TensorType(t.dtype, target)
 
 

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from dslc.catalogue.signature import Arg, Signature, Word, bind, did_you_mean, number, sig
+from dslc.catalogue.signature import (
+    Arg,
+    Signature,
+    Word,
+    bind,
+    bind_call_value,
+    did_you_mean,
+    number,
+    sig,
+)
 from dslc.check.model import CallValue
 from dslc.errors import DslcError, Span
 
@@ -36,9 +45,7 @@ def resolve_initializer(value: Any, span: Span) -> CallValue:
         raise DslcError(
             f"unknown initialiser `{value.name}`", s, did_you_mean(value.name, list(INITIALIZERS))
         )
-    args = [(a, s) for a in value.args]
-    kwargs = [(k, v, s, s) for k, v in value.kwargs]
-    opts = bind(INITIALIZERS[value.name], value.name, args, kwargs, s)
+    opts = bind_call_value(INITIALIZERS[value.name], value, s)
     if value.name == "uniform" and opts["a"] >= opts["b"]:
         raise DslcError(f"uniform(a, b) needs a < b, got a = {opts['a']:g}, b = {opts['b']:g}", s)
     return CallValue(value.name, (), tuple(opts.items()), s)

@@ -74,24 +74,20 @@ def _fixed(kind: str, what: str, d: Dim, t: TensorType, span: Span) -> int:
 # ---------------------------------------------------------------- shared arguments
 
 
+def _init_arg(name: str, default: str) -> Arg:
+    """A keyword-only initialiser argument (`init`, `bias_init`, `recurrent_init`)."""
+    return Arg(name, inits.resolve_initializer, inits.default(default), "initialiser", kw_only=True)
+
+
+_REGULARIZER = Arg(
+    "regularizer", optional(resolve_regularizer), None, "l1(...)|l2(...)", kw_only=True
+)
+
+
 def _init_args(kernel: str = "glorot_uniform", bias: bool = True) -> tuple[Arg, ...]:
-    out = [
-        Arg("init", inits.resolve_initializer, inits.default(kernel), "initialiser", kw_only=True)
-    ]
-    if bias:
-        out.append(
-            Arg(
-                "bias_init",
-                inits.resolve_initializer,
-                inits.default("zeros"),
-                "initialiser",
-                kw_only=True,
-            )
-        )
-    out.append(
-        Arg("regularizer", optional(resolve_regularizer), None, "l1(...)|l2(...)", kw_only=True)
-    )
-    return tuple(out)
+    """`init`, then `bias_init` when the layer has a bias, then `regularizer`."""
+    bias_init = (_init_arg("bias_init", "zeros"),) if bias else ()
+    return (_init_arg("init", kernel), *bias_init, _REGULARIZER)
 
 
 def _p(
@@ -315,15 +311,7 @@ BATCHNORM = LayerDef(
     sig(
         Arg("momentum", number(0, 1), 0.1, "float in [0, 1]"),
         Arg("eps", number(0, lo_open=True), 1e-5, "float > 0"),
-        Arg("init", inits.resolve_initializer, inits.default("ones"), "initialiser", kw_only=True),
-        Arg(
-            "bias_init",
-            inits.resolve_initializer,
-            inits.default("zeros"),
-            "initialiser",
-            kw_only=True,
-        ),
-        Arg("regularizer", optional(resolve_regularizer), None, "l1(...)|l2(...)", kw_only=True),
+        *_init_args("ones"),
     ),
     _bn_build,
     _bn_params,
@@ -349,15 +337,7 @@ LAYERNORM = LayerDef(
     "LayerNorm",
     sig(
         Arg("eps", number(0, lo_open=True), 1e-5, "float > 0"),
-        Arg("init", inits.resolve_initializer, inits.default("ones"), "initialiser", kw_only=True),
-        Arg(
-            "bias_init",
-            inits.resolve_initializer,
-            inits.default("zeros"),
-            "initialiser",
-            kw_only=True,
-        ),
-        Arg("regularizer", optional(resolve_regularizer), None, "l1(...)|l2(...)", kw_only=True),
+        *_init_args("ones"),
     ),
     _ln_build,
     _ln_params,
@@ -381,14 +361,7 @@ EMBEDDING = LayerDef(
     sig(
         Arg("num", integer(1), type="int >= 1"),
         Arg("dim", integer(1), type="int >= 1"),
-        Arg(
-            "init",
-            inits.resolve_initializer,
-            inits.default("glorot_uniform"),
-            "initialiser",
-            kw_only=True,
-        ),
-        Arg("regularizer", optional(resolve_regularizer), None, "l1(...)|l2(...)", kw_only=True),
+        *_init_args(bias=False),
     ),
     _emb_build,
     lambda name, a, t: (
@@ -446,30 +419,10 @@ def _rnn_def(kind: str) -> LayerDef:
             Arg("hidden", integer(1), type="int >= 1"),
             Arg("return_sequences", boolean, False, "bool"),
             Arg("bidirectional", boolean, False, "bool"),
-            Arg(
-                "init",
-                inits.resolve_initializer,
-                inits.default("glorot_uniform"),
-                "initialiser",
-                kw_only=True,
-            ),
-            Arg(
-                "recurrent_init",
-                inits.resolve_initializer,
-                inits.default("orthogonal"),
-                "initialiser",
-                kw_only=True,
-            ),
-            Arg(
-                "bias_init",
-                inits.resolve_initializer,
-                inits.default("zeros"),
-                "initialiser",
-                kw_only=True,
-            ),
-            Arg(
-                "regularizer", optional(resolve_regularizer), None, "l1(...)|l2(...)", kw_only=True
-            ),
+            _init_arg("init", "glorot_uniform"),
+            _init_arg("recurrent_init", "orthogonal"),
+            _init_arg("bias_init", "zeros"),
+            _REGULARIZER,
         ),
         build,
         params,

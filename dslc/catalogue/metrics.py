@@ -2,7 +2,9 @@
 
 `accuracy` and `top_k_accuracy` take scores `[..., C]` (logits or
 probabilities) with int labels `[...]`, or float targets of the scores' shape
-(compared by argmax). `mse` and `mae` are the losses of the same name.
+(compared by argmax). `accuracy` on one logit per position `[..., 1]` with
+float targets is binary, as Keras's with a sigmoid output: logit > 0 against
+target > 0.5. `mse` and `mae` are the losses of the same name.
 """
 
 from __future__ import annotations
@@ -11,11 +13,26 @@ from dslc.catalogue.functions import FnDef
 from dslc.catalogue.layers import numel
 from dslc.catalogue.losses import LOSSES, SCALAR, check_class_targets
 from dslc.catalogue.signature import Arg, integer, sig
+from dslc.check.model import TensorType
 from dslc.errors import DslcError
 
 
+def _is_binary(logits: TensorType, targets: TensorType) -> bool:
+    """One float logit per position `[..., 1]` against float targets `[..., 1]` or `[...]`.
+
+    Int targets stay class indices (the data checks bound them by the class count).
+    """
+    return (
+        logits.dtype == "float32"
+        and targets.dtype == "float32"
+        and logits.shape[-1:] == (1,)
+        and targets.shape in (logits.shape, logits.shape[:-1])
+    )
+
+
 def _accuracy(ts, opts, span):
-    check_class_targets("accuracy", ts[0], ts[1], span, probs_ok=True)
+    if not _is_binary(ts[0], ts[1]):
+        check_class_targets("accuracy", ts[0], ts[1], span, probs_ok=True)
     return opts, SCALAR
 
 

@@ -12,7 +12,7 @@ from dslc.catalogue.signature import (
     Arg,
     Signature,
     Word,
-    bind,
+    bind_call_value,
     boolean,
     did_you_mean,
     kind_of,
@@ -79,13 +79,7 @@ def resolve_optimizer(value: Any, span: Span) -> OptimizerSpec:
         raise DslcError(
             f"unknown optimiser `{value.name}`", s, did_you_mean(value.name, list(OPTIMIZERS))
         )
-    opts = bind(
-        OPTIMIZERS[value.name],
-        value.name,
-        [(a, s) for a in value.args],
-        [(k, v, s, s) for k, v in value.kwargs],
-        s,
-    )
+    opts = bind_call_value(OPTIMIZERS[value.name], value, s)
     if value.name == "SGD" and opts["nesterov"] and opts["momentum"] <= 0:
         raise DslcError("SGD: nesterov = true needs momentum > 0 (as in PyTorch)", s)
     return OptimizerSpec(value.name, opts, s)

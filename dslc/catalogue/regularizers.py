@@ -6,7 +6,7 @@ import fnmatch
 from collections.abc import Sequence
 from typing import Any
 
-from dslc.catalogue.signature import Arg, Word, bind, did_you_mean, kind_of, number, sig
+from dslc.catalogue.signature import Arg, Word, bind_call_value, did_you_mean, kind_of, number, sig
 from dslc.check.model import CallValue, ParamSpec, RegTerm
 from dslc.errors import DslcError, Span
 
@@ -45,13 +45,7 @@ def resolve_regularizer(value: Any, span: Span) -> CallValue:
             s,
             did_you_mean(value.name, list(REGULARIZERS)) or "regularisers: l1(c), l2(c)",
         )
-    opts = bind(
-        REGULARIZERS[value.name],
-        value.name,
-        [(a, s) for a in value.args],
-        [(k, v, s, s) for k, v in value.kwargs],
-        s,
-    )
+    opts = bind_call_value(REGULARIZERS[value.name], value, s)
     return CallValue(value.name, (), tuple(opts.items()), s)
 
 

@@ -8,7 +8,7 @@ from dslc.catalogue.signature import (
     Arg,
     Signature,
     Word,
-    bind,
+    bind_call_value,
     did_you_mean,
     integer,
     kind_of,
@@ -48,11 +48,5 @@ def resolve_schedule(value: Any, span: Span) -> ScheduleSpec:
         raise DslcError(
             f"unknown schedule `{value.name}`", s, did_you_mean(value.name, list(SCHEDULES))
         )
-    opts = bind(
-        SCHEDULES[value.name],
-        value.name,
-        [(a, s) for a in value.args],
-        [(k, v, s, s) for k, v in value.kwargs],
-        s,
-    )
+    opts = bind_call_value(SCHEDULES[value.name], value, s)
     return ScheduleSpec(value.name, opts, s)

@@ -127,6 +127,22 @@ def bind(
     return {p.name: out[p.name] for p in params}
 
 
+def bind_call_value(signature: Signature, value: CallValue, span: Span) -> dict[str, Any]:
+    """Bind a call given as an argument value (`l2(1e-4)`, `Adam(lr = 1e-3)`) to its signature.
+
+    Errors point at the offending argument where the checker recorded its span,
+    else at the call.
+    """
+    s = value.span or span
+    arg_spans = value.arg_spans if len(value.arg_spans) == len(value.args) else ()
+    kw_spans = value.kwarg_spans if len(value.kwarg_spans) == len(value.kwargs) else ()
+    args = [(a, arg_spans[i] if arg_spans else s) for i, a in enumerate(value.args)]
+    kwargs = [
+        (k, v, *(kw_spans[i] if kw_spans else (s, s))) for i, (k, v) in enumerate(value.kwargs)
+    ]
+    return bind(signature, value.name, args, kwargs, s)
+
+
 def convert_named(arg: Arg, callee: str, value: Any, span: Span) -> Any:
     """Convert one argument; errors name the argument and its callee."""
     try:

@@ -12,7 +12,7 @@ from dslc.catalogue.schedules import resolve_schedule
 from dslc.catalogue.signature import (
     Arg,
     Word,
-    bind,
+    bind_call_value,
     boolean,
     did_you_mean,
     integer,
@@ -43,13 +43,7 @@ def resolve_data(value: Any, span: Span) -> str | CallValue:
                 s,
                 did_you_mean(value.name, list(DATA_CALLS)),
             )
-        opts = bind(
-            DATA_CALLS[value.name],
-            value.name,
-            [(a, s) for a in value.args],
-            [(k, v, s, s) for k, v in value.kwargs],
-            s,
-        )
+        opts = bind_call_value(DATA_CALLS[value.name], value, s)
         return CallValue(value.name, (), tuple(opts.items()), s)
     hint = f'write it as a string: "{value.name}"' if isinstance(value, Word) else None
     raise DslcError(
@@ -104,13 +98,7 @@ def resolve_early_stopping(value: Any, span: Span) -> EarlyStoppingSpec:
             f"`early_stopping` expects `EarlyStopping(...)`, got {kind_of(value)}", span, hint
         )
     s = value.span or span
-    opts = bind(
-        EARLY_STOPPING,
-        "EarlyStopping",
-        [(a, s) for a in value.args],
-        [(k, v, s, s) for k, v in value.kwargs],
-        s,
-    )
+    opts = bind_call_value(EARLY_STOPPING, value, s)
     return EarlyStoppingSpec(**opts)
 
 

@@ -38,6 +38,10 @@ _DTYPES = {"float": "float32", "int": "int64"}
 # Keys of each epoch's record in metrics.jsonl besides the metrics (validation ones add val_).
 _RESERVED_METRICS = frozenset({"loss", "epoch", "step", "lr", "time_s", "samples_per_s"})
 
+# Names of the training step's own inputs and outputs (docs/step-graph.md), which data
+# inputs and targets are fed beside; the evaluation step outputs `loss` beside the outputs.
+_RESERVED_DATA = frozenset({"step", "seed", "lr", "loss"})
+
 # The most values one parameter or dimension may hold (ONNX and NumPy index limits).
 MAX_ELEMENTS = 2**31 - 1
 
@@ -242,22 +246,8 @@ class _Checker:
         )
 
     def model_stmt(self, stmt: ast.Stmt, scope: _Scope) -> None:
-        if isinstance(stmt, ast.InputStmt):
-            if stmt.type is None:
-                raise DslcError(
-                    f"model input `{stmt.name}` needs a type",
-                    stmt.name_span,
-                    f"write `input {stmt.name}: float[...]`",
-                )
-            t = self.tensor_type(stmt.type)
-            self.define(scope, stmt.name, stmt.name_span)
-            scope.values[stmt.name] = self.add("input", (), {"name": stmt.name}, t, stmt.span)
-            self.inputs.append(Declared(stmt.name, t, stmt.span))
-        elif isinstance(stmt, ast.TargetStmt):
-            t = self.tensor_type(stmt.type)
-            self.define(scope, stmt.name, stmt.name_span)
-            scope.values[stmt.name] = self.add("target", (), {"name": stmt.name}, t, stmt.span)
-            self.targets.append(Declared(stmt.name, t, stmt.span))
+        if isinstance(stmt, ast.InputStmt | ast.TargetStmt):
+            self.data_stmt(stmt, scope)
         elif isinstance(stmt, ast.OutputStmt):
             self.output_stmt(stmt, scope)
         elif isinstance(stmt, ast.LossStmt):
@@ -266,6 +256,21 @@ class _Checker:
             self.metric_stmt(stmt, scope)
         else:
             self.common_stmt(stmt, scope)
+
+    def data_stmt(self, stmt: ast.InputStmt | ast.TargetStmt, scope: _Scope) -> None:
+        """`input NAME: TYPE` or `target NAME: TYPE` in the model."""
+        op = "input" if isinstance(stmt, ast.InputStmt) else "target"
+        if stmt.type is None:
+            raise DslcError(
+                f"model input `{stmt.name}` needs a type",
+                stmt.name_span,
+                f"write `input {stmt.name}: float[...]`",
+            )
+        t = self.tensor_type(stmt.type)
+        _need_data_name("an input" if op == "input" else "a target", stmt.name, stmt.name_span)
+        self.define(scope, stmt.name, stmt.name_span)
+        scope.values[stmt.name] = self.add(op, (), {"name": stmt.name}, t, stmt.span)
+        (self.inputs if op == "input" else self.targets).append(Declared(stmt.name, t, stmt.span))
 
     def common_stmt(self, stmt: ast.Stmt, scope: _Scope) -> None:
         """Statements allowed in both models and blocks: `NAME = EXPR` and `layer NAME = ...`."""
@@ -321,6 +326,14 @@ class _Checker:
                 stmt.name_span,
                 f"first declared at line {self.output_spans[stmt.name].line}",
             )
+        # The evaluation step outputs the loss, the metrics and the outputs by name.
+        if stmt.name == "loss" or stmt.name in self.metric_spans:
+            what = "the loss" if stmt.name == "loss" else "a metric"
+            raise DslcError(
+                f"`{stmt.name}` cannot name an output: it names {what}",
+                stmt.name_span,
+                "outputs, metrics and the loss are reported side by side; rename the output",
+            )
         node = self.eval(expr, scope)
         t = self.type_of(node)
         if not t.batched:
@@ -350,13 +363,12 @@ class _Checker:
             )
         self.loss_span = stmt.span
         node = self.eval(stmt.value, scope)
-        t = self.type_of(node)
-        if t.batched or t.shape != ():
-            raise DslcError(
-                f"the loss must be a scalar over the batch, got {t} per example",
-                stmt.value.span,
-                "use a loss such as cross_entropy(...) or mse(...), which average over the batch",
-            )
+        _need_batch_scalar(
+            "the loss",
+            self.type_of(node),
+            stmt.value.span,
+            "use a loss such as cross_entropy(...) or mse(...), which average over the batch",
+        )
         for n in self.ancestors(node):
             g = self.nodes[n]
             if g.op == "fn" and g.attrs["name"] in METRIC_ONLY:
@@ -389,15 +401,21 @@ class _Checker:
                 span,
                 "name the second one: metric NAME = ...",
             )
+        if name in self.output_spans:
+            raise DslcError(
+                f"`{name}` cannot name a metric: it names an output",
+                span,
+                f"the output is declared at line {self.output_spans[name].line}; "
+                "name the metric: metric NAME = ...",
+            )
         self.metric_spans[name] = span
         node = self.eval(stmt.value, scope)
-        t = self.type_of(node)
-        if t.batched or t.shape != ():
-            raise DslcError(
-                f"a metric must be a scalar over the batch, got {t} per example",
-                stmt.value.span,
-                "use accuracy(...), mse(...) or another metric",
-            )
+        _need_batch_scalar(
+            "a metric",
+            self.type_of(node),
+            stmt.value.span,
+            "use accuracy(...), mse(...) or another metric",
+        )
         self.metrics.append((name, node))
 
     def targets_under(self, node: int) -> list[str]:
@@ -507,6 +525,8 @@ class _Checker:
                 tuple(self.const(a, scope) for a in expr.args),
                 tuple((k.key, self.const(k.value, scope)) for k in expr.kwargs),
                 expr.span,
+                tuple(a.span for a in expr.args),
+                tuple((_key_span(k), k.value.span) for k in expr.kwargs),
             )
         if isinstance(expr, ast.Neg):
             v = self.const(expr.operand, scope)
@@ -629,7 +649,8 @@ class _Checker:
                 call.callee_span,
                 f"apply a shared layer in a pipeline: `x -> {call.callee}`"
                 if call.callee in scope.shared
-                else None,
+                else f"`{call.callee}` is the value defined at line "
+                f"{scope.defined_at[call.callee].line}, which hides any function of that name",
             )
         if call.callee in FUNCTION_LIKE:
             return self.fn_call(call, None, scope)
@@ -928,6 +949,22 @@ class _Checker:
 
 
 # ---------------------------------------------------------------- utilities
+
+
+def _need_data_name(what: str, name: str, span: Span) -> None:
+    """An error for an input or target name that the training step uses for itself."""
+    if name in _RESERVED_DATA:
+        raise DslcError(
+            f"`{name}` cannot name {what}: the training step uses it",
+            span,
+            "reserved: " + ", ".join(sorted(_RESERVED_DATA)),
+        )
+
+
+def _need_batch_scalar(what: str, t: TensorType, span: Span, hint: str) -> None:
+    """An error unless t is one float scalar for the whole batch (a loss or a metric)."""
+    if t.batched or t.shape != ():
+        raise DslcError(f"{what} must be a scalar over the batch, got {t} per example", span, hint)
 
 
 def _poison(stmt: ast.Stmt, scope: _Scope) -> None:

@@ -30,12 +30,18 @@ class TensorType:
 
 @dataclass(frozen=True)
 class CallValue:
-    """A call used as an argument value, resolved: `l2(1e-4)`, `normal(std = 0.02)`."""
+    """A call used as an argument value, resolved: `l2(1e-4)`, `normal(std = 0.02)`.
+
+    `arg_spans` and `kwarg_spans` (key span, value span) locate the arguments as
+    written, so that an error points at the culprit; they take no part in equality.
+    """
 
     name: str
     args: tuple[Any, ...] = ()
     kwargs: tuple[tuple[str, Any], ...] = ()
     span: Span | None = None
+    arg_spans: tuple[Span, ...] = field(default=(), compare=False, repr=False)
+    kwarg_spans: tuple[tuple[Span, Span], ...] = field(default=(), compare=False, repr=False)
 
     def kw(self) -> dict[str, Any]:
         return dict(self.kwargs)

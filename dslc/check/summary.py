@@ -108,16 +108,31 @@ def summary(model: CheckedModel) -> str:
     return "\n".join(out)
 
 
+_PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2, "@": 2}
+
+
 def _describe(model: CheckedModel, node_id: int) -> str:
+    """The loss as written, calls abridged: `cross_entropy(...) + 0.5 * mse(...)`."""
     n = model.nodes[node_id]
     if n.op == "fn":
         return n.attrs["name"] + "(...)"
+    if n.op == "neg":
+        return "-" + _operand(model, n.inputs[0], 3)
     if n.op == "binop":
-        return (
-            " + ".join(_describe(model, i) for i in n.inputs)
-            if n.attrs["op"] == "+"
-            else f"{_describe(model, n.inputs[0])} {n.attrs['op']} {_describe(model, n.inputs[1])}"
-        )
+        op = n.attrs["op"]
+        level = _PRECEDENCE[op]
+        # The right operand of - and / binds tighter: a - (b + c) keeps its parentheses.
+        left = _operand(model, n.inputs[0], level)
+        right = _operand(model, n.inputs[1], level + (op in "-/"))
+        return f"{left} {op} {right}"
     if n.op == "const":
         return f"{n.attrs['value']:g}"
     return n.op
+
+
+def _operand(model: CheckedModel, node_id: int, level: int) -> str:
+    """An operand of an operator of precedence `level`, parenthesised where it binds looser."""
+    n = model.nodes[node_id]
+    text = _describe(model, node_id)
+    looser = n.op == "binop" and _PRECEDENCE[n.attrs["op"]] < level
+    return f"({text})" if looser else text

@@ -229,9 +229,7 @@ class Builder:
                 dtype = str(array.dtype)
             elif isinstance(array, bool):
                 dtype = "bool"
-            elif isinstance(array, int) and not isinstance(array, bool):
-                dtype = self.float_dtype
-            else:
+            else:  # ints and floats alike: a Python number is a float constant
                 dtype = self.float_dtype
         arr = np.asarray(array, dtype=dtype)
         vname = name if name is not None else self.fresh("const")
@@ -248,7 +246,7 @@ class Builder:
            **attrs: Any) -> Any:
         """Append one node; returns its output Value, or a tuple of Values for multi-output ops."""
         d = opdef(op)
-        ins = [i for i in inputs]
+        ins = list(inputs)
         attr_items = tuple(sorted((k, _freeze(v)) for k, v in attrs.items()))
         out_types = d.shape([i for i in ins if i is not None], dict(attr_items))
         if isinstance(name, str) or name is None:

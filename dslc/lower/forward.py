@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import ChainMap
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -64,22 +65,10 @@ def lower_forward(
     _ensure_loaded()
     memo: dict[int, Value] = {}
     buffer_updates: dict[str, Value] = {}
+    # What layers read: a shared BatchNorm applied twice updates its running statistics
+    # twice, in source order, as torch does, so a later application sees the updated values.
+    state = ChainMap(buffer_updates, dict(params))
     bound = _bound_dims(model, data)
-
-    def value(node_id: int) -> Value:
-        if node_id not in memo:
-            # Iterative post-order: deep pipelines must not hit Python's recursion limit.
-            stack = [node_id]
-            while stack:
-                nid = stack[-1]
-                missing = [i for i in model.nodes[nid].inputs if i not in memo]
-                if missing:
-                    stack.extend(missing)
-                    continue
-                stack.pop()
-                if nid not in memo:
-                    memo[nid] = lower_node(model.nodes[nid])
-        return memo[node_id]
 
     def lower_node(node: GNode) -> Value:
         ins = [memo[i] for i in node.inputs]
@@ -93,7 +82,7 @@ def lower_forward(
                 return b.const(float(node.attrs["value"]), dtype=b.float_dtype)
         if node.op == "layer":
             layer = model.layers[node.attrs["layer"]]
-            result = apply_layer(LayerCall(b, layer, ins[0], params, mode, node, seed, step))
+            result = apply_layer(LayerCall(b, layer, ins[0], state, mode, node, seed, step))
             if mode == "train":
                 buffer_updates.update(result.buffer_updates)
             return result.value
@@ -120,14 +109,36 @@ def lower_forward(
                 return b.op("neg", ins[0])
         raise IRError(f"unknown graph node op {node.op!r}")
 
-    outputs = {name: value(nid) for name, nid in model.outputs}
+    roots = [nid for _, nid in model.outputs]
+    if mode != "infer":
+        roots += [nid for _, nid in model.metrics]
+        if model.loss is not None:
+            roots.append(model.loss)
+    # Node ids are in source order and every input precedes its node, so lowering the
+    # needed nodes by id is a topological order that applies layers as the source does.
+    for nid in sorted(needed_nodes(model, roots)):
+        memo[nid] = lower_node(model.nodes[nid])
+
+    outputs = {name: memo[nid] for name, nid in model.outputs}
     loss: Value | None = None
     metrics: dict[str, Value] = {}
     if mode != "infer":
         if model.loss is not None:
-            loss = value(model.loss)
+            loss = memo[model.loss]
             reg = regularization(b, model.regularizers, params)
             if reg is not None:
                 loss = b.op("add", loss, reg, name=b.fresh("reg.total_loss"))
-        metrics = {name: value(nid) for name, nid in model.metrics}
+        metrics = {name: memo[nid] for name, nid in model.metrics}
     return Forward(outputs, loss, metrics, buffer_updates)
+
+
+def needed_nodes(model: CheckedModel, roots: list[int]) -> set[int]:
+    """The ids of the roots and every node they depend on (iterative: pipelines may be deep)."""
+    seen: set[int] = set()
+    stack = list(roots)
+    while stack:
+        nid = stack.pop()
+        if nid not in seen:
+            seen.add(nid)
+            stack.extend(model.nodes[nid].inputs)
+    return seen

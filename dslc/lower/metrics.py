@@ -19,16 +19,13 @@ def _class_labels(b: Builder, logits: Value, labels: Value) -> Value:
 
 @register_fn("accuracy")
 def lower_accuracy(b: Builder, args: Sequence[Value], kw: Mapping[str, Any]) -> Value:
-    """Fraction of examples whose argmax equals the label.
+    """Fraction of positions whose argmax equals the label.
 
-    With a single output unit (or labels of the logits' rank that are not
-    probabilities over classes) it is binary: logit > 0 against target > 0.5.
+    With one logit per position (`[..., 1]`, as the checker allows) it is binary:
+    logit > 0 against target > 0.5.
     """
     logits, labels = args[0], args[1]
-    classes = logits.shape[-1] != 1 and (
-        (labels.dtype.startswith("int") and labels.rank == logits.rank - 1)
-        or (not labels.dtype.startswith("int") and labels.shape == logits.shape))
-    if not classes:
+    if logits.shape[-1] == 1:
         p, t = align(b, logits, labels)
         hit = b.op("equal", b.op("greater", p, const(b, 0.0, p)),
                    b.op("greater", t, const(b, 0.5, t)))

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 import tempfile
 from collections.abc import Mapping
 
+import ml_dtypes  # noqa: F401 - teaches numpy bfloat16 (an onnx dependency): torch's bf16 loads
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
@@ -20,6 +22,7 @@ from dslc.check.model import CheckedModel
 from dslc.errors import DslcError
 
 FORMAT = "dslc-checkpoint-1"
+_TORCH_RNN = re.compile(r"^((?:weight|bias)_(?:ih|hh))_l0(_reverse)?$")  # torch's layer-0 names
 
 
 def _umask() -> int:
@@ -79,7 +82,7 @@ def write_atomic(path: str, data: bytes) -> None:
 _ST_DTYPES = {
     "float64": "F64", "float32": "F32", "float16": "F16", "int64": "I64", "int32": "I32",
     "int16": "I16", "int8": "I8", "uint8": "U8", "uint16": "U16", "uint32": "U32",
-    "uint64": "U64", "bool": "BOOL",
+    "uint64": "U64", "bool": "BOOL", "bfloat16": "BF16",
 }  # fmt: skip
 
 
@@ -123,7 +126,8 @@ def load_checkpoint(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         with safe_open(path, framework="np") as f:
             meta = dict(f.metadata() or {})
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError) as e:
+    except (SafetensorError, OSError, ValueError, TypeError) as e:
+        # TypeError: a dtype numpy does not know (ml_dtypes registers bfloat16, see above).
         raise DslcError(f"{path}: not a readable safetensors checkpoint ({e})") from None
     return tensors, meta
 
@@ -137,6 +141,7 @@ def model_state(
     the checkpoint lacks keep their initial values, parameters must be present.
     """
     specs = {p.name: p for p in model.params()}
+    tensors = _from_torch_names(tensors, specs)
     state_keys = [k for k in tensors if not _is_training_key(k)]
     unexpected = [k for k in state_keys if k not in specs]
     missing = [n for n, p in specs.items() if p.trainable and n not in tensors]
@@ -159,7 +164,38 @@ def model_state(
                 f"{path}: `{name}` has shape {list(arr.shape)} in the checkpoint, "
                 f"model {model.name} expects {list(spec.shape)}"
             )
-        out[name] = arr.astype(np.float32) if arr.dtype.kind == "f" else arr
+        out[name] = _as_float32(arr, name, path)
+    return out
+
+
+def _as_float32(arr: np.ndarray, name: str, path: str) -> np.ndarray:
+    """A parameter or buffer as the float32 the graphs take (float64, float16, bfloat16, ints)."""
+    try:
+        return np.asarray(arr, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise DslcError(f"{path}: `{name}` has dtype {arr.dtype}, not a number type") from None
+
+
+def _from_torch_names(
+    tensors: Mapping[str, np.ndarray], specs: Mapping[str, object]
+) -> dict[str, np.ndarray]:
+    """A PyTorch state_dict's extra names mapped onto the model's (`--init` from torch).
+
+    BatchNorm's `num_batches_tracked` counter has no use here and is dropped;
+    torch's single-layer recurrent names `weight_ih_l0` (`_l0_reverse`) are
+    LANGUAGE.md §6's `weight_ih` (`_reverse`). A key that already names a model
+    tensor, or that has no such counterpart, is kept as it is.
+    """
+    out: dict[str, np.ndarray] = {}
+    for key, arr in tensors.items():
+        if key in specs:
+            out[key] = arr
+            continue
+        prefix, _, last = key.rpartition(".")
+        if last == "num_batches_tracked" and f"{prefix}.running_mean" in specs:
+            continue
+        alias = prefix + "." + _TORCH_RNN.sub(r"\1\2", last)
+        out[alias if alias in specs and alias not in tensors else key] = arr
     return out
 
 

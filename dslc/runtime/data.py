@@ -14,6 +14,7 @@ import gzip
 import io
 import os
 import struct
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -77,7 +78,9 @@ def load_dataset(spec: str | CallValue, model: CheckedModel, base_dir: str) -> D
         return _bind_flat(_read_idx_pair(images, labels), model, path)
     lower = path.lower()
     if lower.endswith(".npz"):
-        return _bind_named(_read_npz(path), model, path)
+        names = [d.name for d in (*model.inputs, *model.targets)]
+        arrays, keys = _read_npz(path, names)
+        return _bind_named(arrays, model, path, keys)
     if lower.endswith(".csv") or lower.endswith(".csv.gz"):
         return _load_csv(path, model)
     if lower.endswith(".txt"):
@@ -102,11 +105,16 @@ def split(dataset: Dataset, fraction: float, seed: int) -> tuple[Dataset, Datase
         raise DslcError(
             f"{dataset.source}: {n} example(s) are too few to split off validation data"
         )
-    n_val = min(max(int(round(n * fraction)), 1), n - 1)
+    n_val = validation_count(n, fraction)
     perm = np.random.default_rng(seed).permutation(n)
     # Sorted within each part so that `shuffle = false` still walks the data in file order.
     val_idx, train_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
     return dataset.take(train_idx, dataset.name), dataset.take(val_idx, dataset.name + ":val")
+
+
+def validation_count(n: int, fraction: float) -> int:
+    """How many of `n` examples a validation fraction splits off: round(f·n), in [1, n − 1]."""
+    return min(max(int(round(n * fraction)), 1), n - 1)
 
 
 def symbolic_dims(dataset: Dataset, model: CheckedModel) -> dict[str, int]:
@@ -127,6 +135,11 @@ def symbolic_dims(dataset: Dataset, model: CheckedModel) -> dict[str, int]:
 
 
 # ---------------------------------------------------------------- paths
+
+
+def model_dir(model: CheckedModel) -> str:
+    """The folder relative dataset paths are looked up in first: the `.nn` file's."""
+    return os.path.dirname(os.path.abspath(model.file)) if model.file else os.getcwd()
 
 
 def _resolve(spec: str, base_dir: str) -> str:
@@ -243,11 +256,23 @@ def _read_idx_pair(images: str, labels: str) -> _FlatData:
     return _FlatData(x, y.astype(np.int64), images, labels)
 
 
-def _read_npz(path: str) -> dict[str, np.ndarray]:
+def _read_npz(path: str, names: list[str]) -> tuple[dict[str, np.ndarray], tuple[str, ...]]:
+    """The arrays of `names` that a .npz file holds, and all its keys.
+
+    Only those arrays are read: other keys are ignored, even ones that could not be
+    loaded without pickle (an object array of class names, say).
+    """
+    if not zipfile.is_zipfile(path):
+        raise DslcError(
+            f"{path}: cannot read .npz file (not a zip archive)",
+            hint="write it with np.savez(path, name=array, ...)",
+        )
     try:
         with np.load(path, allow_pickle=False) as z:
             out = {}
-            for key in z.files:
+            for key in names:
+                if key not in z.files:
+                    continue
                 try:
                     out[key] = z[key]
                 except ValueError:
@@ -255,10 +280,10 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
                         f"{path}: key `{key}`: object arrays are not supported",
                         hint="save numeric arrays, e.g. np.asarray(x, dtype=np.float32)",
                     ) from None
-            return out
+            return out, tuple(z.files)
     except DslcError:
         raise
-    except (OSError, ValueError, EOFError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise DslcError(f"{path}: cannot read .npz file ({e})") from None
 
 
@@ -409,7 +434,8 @@ def _bind_flat(flat: _FlatData, model: CheckedModel, name: str) -> Dataset:
             f"but each example has {per} values {list(flat.x.shape[1:])}",
             hint=f"declare the input with {per} values, e.g. float[{per}]",
         )
-    arrays = {x_decl.name: flat.x.reshape((n, *shape))}
+    # _conform: the declared dtype too (pixels are floats; an `int` input must refuse them).
+    arrays = {x_decl.name: _conform(flat.x.reshape((n, *shape)), x_decl, flat.x_source)}
     if model.targets:
         t_decl = model.targets[0]
         if flat.y is None:
@@ -430,11 +456,17 @@ def _bind_flat(flat: _FlatData, model: CheckedModel, name: str) -> Dataset:
     return _validate(Dataset(name, arrays, source), model, {k: source for k in arrays})
 
 
-def _bind_named(raw: Mapping[str, np.ndarray], model: CheckedModel, path: str) -> Dataset:
+def _bind_named(
+    raw: Mapping[str, np.ndarray],
+    model: CheckedModel,
+    path: str,
+    keys: tuple[str, ...] | None = None,
+) -> Dataset:
+    """Bind arrays named after the declarations; `keys` are all the file's keys, for errors."""
     arrays: dict[str, np.ndarray] = {}
     for decl in (*model.inputs, *model.targets):
         if decl.name not in raw:
-            have = ", ".join(sorted(raw)) or "none"
+            have = ", ".join(sorted(raw if keys is None else keys)) or "none"
             raise DslcError(
                 f"{path}: missing key `{decl.name}` (the file has: {have})",
                 hint=f"store one array per input/target name, e.g. np.savez(f, {decl.name}=...)",
@@ -463,7 +495,7 @@ def _conform(arr: np.ndarray, decl: Declared, path: str) -> np.ndarray:
     else:
         if kind not in "iubf":
             raise DslcError(f"{key}: expected float values for {decl.type}, got dtype {arr.dtype}")
-        arr = arr.astype(np.float32)
+        arr = arr.astype(np.float32, copy=False)
     want = tuple(decl.type.shape)
     got = arr.shape[1:]
     if not _shape_matches(want, got):
@@ -510,35 +542,37 @@ def _validate(ds: Dataset, model: CheckedModel, sources: dict[str, str]) -> Data
                 raise DslcError(
                     f"{sources[key]}: key `{key}`: NaN or Inf in example {int(np.argmax(bad))}"
                 )
-    classes = label_classes(model)
-    for key, count in classes.items():
-        arr = ds.arrays.get(key)
-        if arr is None or arr.dtype.kind not in "iu":
-            continue
-        flat = arr.reshape(arr.shape[0], -1)
-        bad = ((flat < 0) | (flat >= count)).any(axis=1)
-        if bad.any():
-            row = int(np.argmax(bad))
-            value = int(flat[row][(flat[row] < 0) | (flat[row] >= count)][0])
+    for key, count in label_classes(model).items():
+        found = _out_of_range(ds.arrays.get(key), count)
+        if found is not None:
+            row, value = found
             raise DslcError(
                 f"{sources[key]}: key `{key}`: label {value} in example {row} is out of range "
                 f"for {count} classes (0..{count - 1})"
             )
     for key, count in embedding_sizes(model).items():
-        arr = ds.arrays.get(key)
-        if arr is None or arr.dtype.kind not in "iu":
-            continue
-        flat = arr.reshape(arr.shape[0], -1)
-        bad = ((flat < 0) | (flat >= count)).any(axis=1)
-        if bad.any():
-            row = int(np.argmax(bad))
-            value = int(flat[row][(flat[row] < 0) | (flat[row] >= count)][0])
+        found = _out_of_range(ds.arrays.get(key), count)
+        if found is not None:
+            row, value = found
             raise DslcError(
                 f"{sources[key]}: key `{key}`: token id {value} in example {row} is out of range "
                 f"for an Embedding of {count} entries (0..{count - 1})",
                 hint="make the Embedding's `num` larger than the largest id",
             )
     return ds
+
+
+def _out_of_range(arr: np.ndarray | None, count: int) -> tuple[int, int] | None:
+    """(example, value) of the first int id outside 0..count-1, else None (floats unchecked)."""
+    if arr is None or arr.dtype.kind not in "iu":
+        return None
+    flat = arr.reshape(arr.shape[0], -1)
+    bad_mask = (flat < 0) | (flat >= count)
+    bad = bad_mask.any(axis=1)
+    if not bad.any():
+        return None
+    row = int(np.argmax(bad))
+    return row, int(flat[row][bad_mask[row]][0])
 
 
 def embedding_sizes(model: CheckedModel) -> dict[str, int]:

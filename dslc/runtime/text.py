@@ -182,11 +182,11 @@ def sample(
     The vocabulary comes from the checkpoint's metadata; a checkpoint without one
     falls back to the text file of `data` or of the train block.
     """
-    from dslc.api import _base_dir, _inference, checkpoint_state
+    from dslc.api import _inference, checkpoint_state
     from dslc.check.model import CallValue
     from dslc.emit_onnx import to_onnx
     from dslc.runtime.checkpoint import load_checkpoint
-    from dslc.runtime.data import _resolve, _text_seq_len
+    from dslc.runtime.data import _resolve, _text_seq_len, model_dir
     from dslc.runtime.session import make_session
 
     if length < 0:
@@ -200,7 +200,7 @@ def sample(
         spec = data or model.train.data
         if isinstance(spec, CallValue):
             spec = str(spec.kw().get("path", spec.args[0] if spec.args else ""))
-        vocab = vocabulary(read_text(_resolve(str(spec), _base_dir(model))))
+        vocab = vocabulary(read_text(_resolve(str(spec), model_dir(model))))
     graph, params = _inference(model, checkpoint_state(model, checkpoint))
     outputs = [v for v in graph.outputs if v.dtype.startswith("float") and v.rank == 3]
     if not outputs:

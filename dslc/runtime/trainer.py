@@ -21,7 +21,7 @@ import numpy as np
 from dslc.check.model import CheckedModel, EarlyStoppingSpec
 from dslc.errors import DslcError
 from dslc.runtime.checkpoint import load_checkpoint, load_init, model_state, save_checkpoint
-from dslc.runtime.data import Dataset, load_dataset, split, symbolic_dims
+from dslc.runtime.data import Dataset, load_dataset, model_dir, split, symbolic_dims
 from dslc.runtime.guard import PROBE, add_finite_probe, diagnose, nonfinite_key, slot_diverged
 from dslc.runtime.progress import Progress
 from dslc.runtime.records import (
@@ -108,7 +108,7 @@ def plan_run(model: CheckedModel, opts: TrainOptions) -> _Plan:
     batch = cfg.batch_size if opts.batch_size is None else int(opts.batch_size)
     if batch < 1:
         raise DslcError(f"batch size must be at least 1, got {batch}")
-    base_dir = os.path.dirname(os.path.abspath(model.file)) if model.file else os.getcwd()
+    base_dir = model_dir(model)
     data = load_dataset(opts.data or cfg.data, model, base_dir)
     if isinstance(cfg.validation, str):
         train_ds, val = data, load_dataset(cfg.validation, model, base_dir)
