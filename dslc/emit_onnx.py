@@ -115,7 +115,9 @@ def to_onnx(graph: Graph, initializers: Mapping[str, np.ndarray] | None = None,
     used = _used_names(graph)
     tensors: list[onnx.TensorProto] = []
     for v in graph.inputs:
-        if v.name in initializers:
+        # An embedded weight that no node reads (one only the loss used) is left out:
+        # ONNX Runtime would warn about it on every load.
+        if v.name in initializers and v.name in used:
             arr = np.asarray(initializers[v.name], dtype=v.dtype)
             if tuple(arr.shape) != tuple(v.shape):
                 raise IRError(f"initializer {v.name!r} has shape {arr.shape}, expected {v.shape}")

@@ -163,3 +163,16 @@ def test_verify_rejects(broken: str) -> None:
     assert y.name == "y"
     with pytest.raises(IRError):
         verify(g)
+
+
+def test_embedded_weights_that_no_node_reads_are_left_out() -> None:
+    b = Builder("infer")
+    x = b.input("x", "float32", ("N", 3))
+    w = b.input("w", "float32", (3, 2))
+    b.input("unused", "float32", (4,))
+    b.output(b.op("matmul", x, w), name="y")
+    g = b.build()
+    model = to_onnx(g, {"w": np.ones((3, 2), np.float32), "unused": np.zeros(4, np.float32)})
+    onnx.checker.check_model(model, full_check=True)
+    assert [t.name for t in model.graph.initializer] == ["w"]
+    assert [i.name for i in model.graph.input] == ["x"]
