@@ -19,12 +19,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from common import digits_arrays, print_table, time_loop, torch_threads  # noqa: E402
+from common import digits_arrays, dslc_rate, print_table, time_loop, torch_threads  # noqa: E402
 
 from dslc.check import check_source  # noqa: E402
-from dslc.emit_onnx import to_onnx  # noqa: E402
-from dslc.lower import build_train_step, initial_state, optimizer_state  # noqa: E402
-from dslc.runtime.session import StepRunner, default_threads  # noqa: E402
+from dslc.lower import initial_state, optimizer_state  # noqa: E402
+from dslc.runtime.session import default_threads  # noqa: E402
 
 MODEL = """
 model BenchCNN {
@@ -38,21 +37,6 @@ model BenchCNN {
 }
 train { optimizer = SGD(lr = 0.01, momentum = 0.9) }
 """
-
-
-def dslc_rate(model, state, x, y, batch: int, threads: int, seconds: float) -> float:
-    """Samples per second of dslc's training step driven by its runtime."""
-    graph = to_onnx(build_train_step(model, batch=batch, total_steps=10**6))
-    runner = StepRunner({batch: graph}, state, threads=threads)
-    arrays = {"image": x, "label": y}
-    n = len(x)
-    order = np.arange(n)
-
-    def one(i: int) -> None:
-        start = (i * batch) % (n - batch)
-        runner.step_indices(arrays, order[start : start + batch])
-
-    return time_loop(one, seconds) * batch
 
 
 def torch_net(state):
@@ -110,7 +94,8 @@ def main() -> None:
     rows = []
     for batch in (int(b) for b in args.batches.split(",")):
         threads = args.threads or default_threads(batch)
-        ours = dslc_rate(model, state, x, y, batch, threads, args.seconds)
+        ours = dslc_rate(model, state, {"image": x, "label": y}, batch, threads,
+                         args.seconds)
         theirs = torch_rate(state, x, y, batch, threads, args.seconds)
         rows.append((batch, threads, ours, theirs))
         time.sleep(0.1)

@@ -37,6 +37,24 @@ def time_loop(step: Callable[[int], None], seconds: float, warmup: int = 20) -> 
     return best
 
 
+def dslc_rate(model, state: dict, arrays: dict, batch: int, threads: int, seconds: float) -> float:
+    """Samples per second of dslc's training step for `model`, driven by its runtime."""
+    from dslc.emit_onnx import to_onnx
+    from dslc.lower import build_train_step
+    from dslc.runtime.session import StepRunner
+
+    graph = to_onnx(build_train_step(model, batch=batch, total_steps=10**6))
+    runner = StepRunner({batch: graph}, state, threads=threads)
+    n = len(next(iter(arrays.values())))
+    order = np.arange(n)
+
+    def one(i: int) -> None:
+        start = (i * batch) % (n - batch)
+        runner.step_indices(arrays, order[start : start + batch])
+
+    return time_loop(one, seconds) * batch
+
+
 def torch_threads(threads: int) -> None:
     """Give PyTorch the same intra-op thread count as ONNX Runtime."""
     import torch
