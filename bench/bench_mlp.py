@@ -3,7 +3,8 @@
 Both train the same 64-128-128-10 MLP on the built-in digits with SGD
 (momentum 0.9), from the same initial parameters, on the same batches, with
 the same number of intra-op threads. Prints samples/s and the ratio per batch
-size. Run: `python bench/bench_mlp.py [--seconds S] [--batches 32,256,1024]`.
+size. Run: `python bench/bench_mlp.py [--seconds S] [--batches 32,256,1024]
+[--threads T]` (T = 0, the default, uses dslc's default thread count per batch).
 """
 
 from __future__ import annotations
@@ -65,13 +66,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--batches", default="32,256,1024")
+    ap.add_argument("--threads", type=int, default=0, help="0: dslc's default for the batch")
     args = ap.parse_args()
     model = check_source(MODEL, "bench_mlp.nn")
     state = {**initial_state(model, 0), **optimizer_state(model)}
     x, y = digits_arrays(copies=4)
     rows = []
     for batch in (int(b) for b in args.batches.split(",")):
-        threads = default_threads(batch)
+        threads = args.threads or default_threads(batch)
         ours = dslc_rate(model, state, {"x": x, "y": y}, batch, threads,
                          args.seconds)
         theirs = torch_rate(state, x, y, batch, threads, args.seconds)

@@ -91,13 +91,15 @@ def _stderr(line: str) -> None:
 
 
 def default_threads(batch: int) -> int:
-    """Intra-op threads: 1 below batch 512, where thread hand-off costs more than it saves.
+    """Intra-op threads: 1 below batch 256, where thread hand-off costs more than it saves.
 
-    Measured on 2 cores with the digits MLP: 1 thread matched or beat 2 at
-    batch 32 and 256; `--threads` overrides.
+    Measured on an otherwise idle 2-core machine (docs/benchmarks.md): at batch
+    32–128 one thread beat two for the digits CNN (72k vs 59k samples/s at 32)
+    and tied for the MLP and LSTM; from batch 256 two threads won for the MLP
+    (750k vs 557k) and LSTM (90k vs 71k) and tied for the CNN. `--threads` overrides.
     """
     cores = os.cpu_count() or 1
-    return 1 if batch < 512 else max(1, min(cores, 8))
+    return 1 if batch < 256 else max(1, min(cores, 8))
 
 
 def make_session(
