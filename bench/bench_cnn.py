@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from common import digits_arrays, dslc_rate, print_table, time_loop, torch_threads  # noqa: E402
+from common import digits_arrays, dslc_rate, print_table, torch_sgd_rate, torch_threads  # noqa: E402
 
 from dslc.check import check_source  # noqa: E402
 from dslc.lower import initial_state, optimizer_state  # noqa: E402
@@ -57,23 +57,10 @@ def torch_net(state):
 
 def torch_rate(state, x, y, batch: int, threads: int, seconds: float) -> float:
     """Samples per second of the same model in PyTorch eager."""
-    import torch
 
     torch_threads(threads)
     net = torch_net(state)
-    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
-    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
-    n = len(x)
-    loss_fn = torch.nn.CrossEntropyLoss()
-
-    def one(i: int) -> None:
-        start = (i * batch) % (n - batch)
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn(net(tx[start : start + batch]), ty[start : start + batch])
-        loss.backward()
-        opt.step()
-
-    return time_loop(one, seconds) * batch
+    return torch_sgd_rate(net, x, y, batch, seconds)
 
 
 def main() -> None:

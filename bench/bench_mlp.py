@@ -16,7 +16,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from common import digits_arrays, dslc_rate, print_table, time_loop, torch_threads  # noqa: E402
+from common import digits_arrays, dslc_rate, print_table, torch_sgd_rate, torch_threads  # noqa: E402
 
 from dslc.check import check_source  # noqa: E402
 from dslc.lower import initial_state, optimizer_state  # noqa: E402
@@ -47,19 +47,7 @@ def torch_rate(state, x, y, batch: int, threads: int, seconds: float) -> float:
         for i, name in zip((0, 2, 4), ("dense_1", "dense_2", "dense_3"), strict=True):
             net[i].weight.copy_(torch.from_numpy(state[f"{name}.weight"]))
             net[i].bias.copy_(torch.from_numpy(state[f"{name}.bias"]))
-    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
-    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
-    n = len(x)
-    loss_fn = torch.nn.CrossEntropyLoss()
-
-    def one(i: int) -> None:
-        start = (i * batch) % (n - batch)
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn(net(tx[start : start + batch]), ty[start : start + batch])
-        loss.backward()
-        opt.step()
-
-    return time_loop(one, seconds) * batch
+    return torch_sgd_rate(net, x, y, batch, seconds)
 
 
 def main() -> None:

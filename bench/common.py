@@ -55,6 +55,25 @@ def dslc_rate(model, state: dict, arrays: dict, batch: int, threads: int, second
     return time_loop(one, seconds) * batch
 
 
+def torch_sgd_rate(net, x: np.ndarray, y: np.ndarray, batch: int, seconds: float) -> float:
+    """Samples per second of PyTorch eager training `net` with cross-entropy and SGD momentum."""
+    import torch
+
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+    n = len(x)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def one(i: int) -> None:
+        start = (i * batch) % (n - batch)
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(net(tx[start : start + batch]), ty[start : start + batch])
+        loss.backward()
+        opt.step()
+
+    return time_loop(one, seconds) * batch
+
+
 def torch_threads(threads: int) -> None:
     """Give PyTorch the same intra-op thread count as ONNX Runtime."""
     import torch
